@@ -1,0 +1,172 @@
+"""The stack in start order, and the three things the operator does to it: up, down, status."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from qactl.runtime.component import Component
+from qactl.runtime.supervisor import Health, ProcessState, Supervisor
+from services.common.settings import QactlSettings
+
+# phase is one of: provisioning, starting, waiting, setup, ready, unchanged, external, failed
+Events = Callable[[str, str, str], None]
+
+
+def _ignore(component: str, phase: str, detail: str) -> None:
+    return None
+
+
+def declared_components(settings: QactlSettings) -> list[Component]:
+    """Every component in start order; `qactl down` walks this list backwards."""
+    from qactl.runtime import flink, kafka, postgres, redis
+
+    found: list[Component] = [
+        *kafka.components(settings),
+        *flink.components(settings),
+        *postgres.components(settings),
+        *redis.components(settings),
+    ]
+    for optional in ("qactl.runtime.services", "qactl.runtime.score_job"):
+        found.extend(_optional_components(optional, settings))
+    return found
+
+
+def _optional_components(module_name: str, settings: QactlSettings) -> list[Component]:
+    """Later layers of the stack (pipeline services, the Flink job) plug in by module."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return []
+        raise
+    return list(module.components(settings))
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    kind: str
+    external: bool
+    endpoint: str
+    health: Health
+    processes: list[ProcessState] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.health.ok and all(p.running for p in self.processes)
+
+
+@dataclass
+class UpResult:
+    started: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.started)
+
+
+class Stack:
+    def __init__(
+        self,
+        settings: QactlSettings,
+        components: Sequence[Component] | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.supervisor = Supervisor(settings)
+        all_components = list(components) if components is not None else declared_components(settings)
+        self.components = [c for c in all_components if not only or c.name in only]
+
+    def component(self, name: str) -> Component:
+        for candidate in self.components:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    def up(self, events: Events = _ignore) -> UpResult:
+        """Provision and start what is not running, in order; idempotent."""
+        result = UpResult()
+        for comp in self.components:
+            self._up_one(comp, result, events)
+        return result
+
+    def _up_one(self, comp: Component, result: UpResult, events: Events) -> None:
+        report = lambda detail: events(comp.name, "setup", detail)  # noqa: E731
+        result.endpoints[comp.name] = comp.endpoint
+        if comp.external:
+            events(comp.name, "waiting", f"checking {comp.endpoint}")
+            health = comp.health()
+            if not health.ok:
+                events(comp.name, "failed", health.detail)
+                from qactl.errors import ComponentFailed
+
+                raise ComponentFailed(f"{comp.name} at {comp.endpoint} is not healthy: {health.detail}")
+            comp.after_start(report)
+            events(comp.name, "external", health.detail)
+            result.unchanged.append(comp.name)
+            return
+        specs = list(comp.processes())
+        to_start = [s for s in specs if not self.supervisor.is_running(s.name)]
+        if not to_start and specs:
+            health = comp.health()
+            if health.ok and not comp.after_start(report):
+                events(comp.name, "unchanged", health.detail)
+                result.unchanged.append(comp.name)
+                return
+        events(comp.name, "provisioning", "checking what is installed")
+        comp.provision(lambda detail: events(comp.name, "provisioning", detail))
+        for spec in to_start:
+            events(comp.name, "starting", spec.name)
+            self.supervisor.start(spec)
+        for spec in specs:
+            self.supervisor.wait_healthy(spec, lambda d: events(comp.name, "waiting", d))
+        setup_changed = bool(comp.after_start(report))
+        health = comp.health()
+        if not health.ok:
+            events(comp.name, "failed", health.detail)
+            from qactl.errors import ComponentFailed
+
+            raise ComponentFailed(f"{comp.name}: {health.detail}")
+        if to_start or setup_changed:
+            result.started.append(comp.name)
+        else:
+            result.unchanged.append(comp.name)
+        events(comp.name, "ready", health.detail)
+
+    def down(self, purge: bool = False, events: Events = _ignore) -> list[str]:
+        """Stop every process the stack started, last first. Returns what was stopped."""
+        stopped: list[str] = []
+        for comp in reversed(self.components):
+            if comp.external:
+                continue
+            try:
+                comp.before_stop(lambda d: events(comp.name, "setup", d))
+            except Exception as exc:  # a dead cluster cannot cancel its job: keep stopping
+                events(comp.name, "failed", f"before stop: {exc}")
+            for spec in reversed(list(comp.processes())):
+                events(comp.name, "stopping", spec.name)
+                if self.supervisor.stop(spec.name, spec.stop_signal, spec.stop_timeout):
+                    stopped.append(spec.name)
+            events(comp.name, "stopped", "")
+        if purge:
+            shutil.rmtree(self.settings.state_dir, ignore_errors=True)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        statuses = []
+        for comp in self.components:
+            processes = [self.supervisor.state(s.name) for s in comp.processes()]
+            try:
+                health = comp.health()
+            except Exception as exc:
+                health = Health(False, f"probe failed: {exc}")
+            statuses.append(
+                ComponentStatus(comp.name, comp.kind, comp.external, comp.endpoint, health, processes)
+            )
+        return statuses

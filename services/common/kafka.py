@@ -1,0 +1,102 @@
+"""Kafka helpers every service shares: configured clients, validated produce, poison handling."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from pydantic import BaseModel
+
+from services.common import topics
+from services.common.schemas import DeadLetter, ErrorInfo, ErrorKind, PoisonMessage, encode
+from services.common.settings import QactlSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: QactlSettings, client_id: str, **overrides: Any) -> Producer:
+    """An idempotent producer: a retried send never duplicates a message within a session."""
+    config = {
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        **overrides,
+    }
+    return Producer(config)
+
+
+def make_consumer(
+    settings: QactlSettings, group_id: str, subscribe: list[str], client_id: str | None = None, **overrides: Any
+) -> Consumer:
+    """A consumer that commits only what the service says it has finished (no auto-commit)."""
+    config = {
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "group.id": group_id,
+        "client.id": client_id or group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300000,
+        **overrides,
+    }
+    consumer = Consumer(config)
+    consumer.subscribe(subscribe)
+    return consumer
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    message: BaseModel,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Validate and send; the key is the question id, so a question's messages stay in order."""
+    producer.produce(
+        topic,
+        value=encode(message),
+        key=(key or getattr(message, "question_id")).encode(),
+        headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+    )
+    producer.poll(0)
+
+
+def flush_or_raise(producer: Producer, timeout: float = 30.0) -> None:
+    """Block until everything produced is acknowledged; raise if anything is still pending."""
+    remaining = producer.flush(timeout)
+    if remaining:
+        raise RuntimeError(f"{remaining} Kafka message(s) not acknowledged after {timeout:.0f}s")
+
+
+def dead_letter_for_poison(msg: Message, error: PoisonMessage) -> DeadLetter:
+    """A dead letter that keeps the undecodable bytes (base64) and why they were refused."""
+    raw = msg.value() or b""
+    key = msg.key()
+    question_id = key.decode("utf-8", "replace")[:64] if key else "unknown"
+    return DeadLetter(
+        question_id=question_id or "unknown",
+        reason=f"poison message on {msg.topic()}: {error}",
+        error=ErrorInfo(kind=ErrorKind.poison, message=str(error)),
+        source_topic=msg.topic() or "",
+        raw=base64.b64encode(raw).decode("ascii"),
+    )
+
+
+def send_poison_to_dead_letter(producer: Producer, msg: Message, error: PoisonMessage) -> None:
+    letter = dead_letter_for_poison(msg, error)
+    log.warning("poison message on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), error)
+    produce(producer, topics.DEAD_LETTER.name, letter)
+
+
+def is_real_error(msg: Message) -> bool:
+    """True for a consumer error worth logging (end-of-partition events are not errors)."""
+    err = msg.error()
+    return err is not None and err.code() != KafkaError._PARTITION_EOF

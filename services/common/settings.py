@@ -1,0 +1,241 @@
+"""The one configuration of qactl, shared by the operator and every pipeline process.
+
+Sources, highest priority first: keyword arguments, environment variables (prefix ``QACTL_``,
+``__`` between nested names, e.g. ``QACTL_KAFKA__PORT=19092``), the TOML file named by
+``QACTL_CONFIG`` (else ``./qactl.toml`` if present), then the defaults below.
+The documented example is ``qactl.example.toml`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_state_dir() -> Path:
+    """Root keeps state where system services do; everyone else under XDG state."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/qactl")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return Path(xdg) / "qactl" if xdg else Path.home() / ".local" / "state" / "qactl"
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "qactl" if xdg else Path.home() / ".cache" / "qactl"
+
+
+class Policies(BaseModel):
+    """Quality and retry policies of ARCHITECTURE.md; every process reads them from here."""
+
+    quality_threshold: float = 0.75
+    max_regenerations: int = 3
+    overload_base_seconds: float = 2.0
+    overload_max_retries: int = 3
+    overload_jitter_fraction: float = 0.1
+    quota_delay_seconds: float = 60.0
+    quota_max_retries: int = 5
+    # The demo profile multiplies every delay by this factor; anything below 1 is announced.
+    delay_scale: float = 1.0
+
+    def overload_delay_seconds(self, retry_count: int) -> float:
+        """Nominal delay before overload retry number ``retry_count + 1`` (jitter not included)."""
+        return (self.overload_base_seconds**retry_count) * self.delay_scale
+
+    def quota_delay(self) -> float:
+        return self.quota_delay_seconds * self.delay_scale
+
+    @property
+    def shortened(self) -> bool:
+        return self.delay_scale < 1.0
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str | None = Field(
+        default=None, description="An existing cluster; when set, qactl starts no broker."
+    )
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    version: str = "4.1.1"
+    heap_mb: int = 512
+
+    @property
+    def external(self) -> bool:
+        return self.bootstrap_servers is not None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class FlinkSettings(BaseModel):
+    rest_url: str | None = Field(
+        default=None, description="An existing Flink REST endpoint; when set, qactl starts no cluster."
+    )
+    host: str = "127.0.0.1"
+    rest_port: int = 8081
+    rpc_port: int = 6123
+    taskmanager_slots: int = 2
+    jobmanager_process_mb: int = 1024
+    taskmanager_process_mb: int = 2560
+    connector_version: str = "5.0.0-2.2"
+
+    @property
+    def external(self) -> bool:
+        return self.rest_url is not None
+
+    @property
+    def rest(self) -> str:
+        return (self.rest_url or f"http://{self.host}:{self.rest_port}").rstrip("/")
+
+
+class PostgresSettings(BaseModel):
+    dsn: SecretStr | None = Field(
+        default=None, description="An existing database; when set, qactl starts no PostgreSQL."
+    )
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str = "qactl"
+    user: str = "qactl"
+    run_as: str = Field(
+        default="postgres", description="Unprivileged OS user that runs the server when qactl is root."
+    )
+
+    @property
+    def external(self) -> bool:
+        return self.dsn is not None
+
+    @property
+    def url(self) -> str:
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr | None = Field(
+        default=None, description="An existing Redis; when set, qactl starts no redis-server."
+    )
+    host: str = "127.0.0.1"
+    port: int = 6379
+    cache_ttl_seconds: int = 7 * 24 * 3600
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
+
+    @property
+    def connection_url(self) -> str:
+        return self.url.get_secret_value() if self.url is not None else f"redis://{self.host}:{self.port}/0"
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5001
+    max_body_bytes: int = 16 * 1024
+    max_question_chars: int = 2000
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class LLMSettings(BaseModel):
+    backend: Literal["auto", "ollama", "openai", "gateway"] = Field(
+        default="auto", description="auto: a real Ollama if one answers at ollama_url, else the gateway."
+    )
+    ollama_url: str = "http://127.0.0.1:11434"
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    model: str = "qactl-sim"
+    timeout_seconds: float = 30.0
+    concurrency: int = Field(default=8, description="Concurrent LLM calls per llm-consumer replica.")
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 11435
+    seed: int = 42
+    latency_ms_min: float = 0.0
+    latency_ms_max: float = 0.0
+    admin_token: SecretStr = SecretStr("qactl-dev-token")
+    upstream_url: str | None = Field(
+        default=None, description="A real Ollama/OpenAI-compatible LLM to sit in front of."
+    )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ServicesSettings(BaseModel):
+    llm_consumer_replicas: int = 2
+    # Each pipeline process serves /metrics and /health on metrics_base_port + its slot.
+    metrics_base_port: int = 9300
+
+
+class QactlSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QACTL_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    policies: Policies = Policies()
+    kafka: KafkaSettings = KafkaSettings()
+    flink: FlinkSettings = FlinkSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    api: ApiSettings = ApiSettings()
+    llm: LLMSettings = LLMSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file()))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("QACTL_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("qactl.toml")
+    return local if local.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> QactlSettings:
+    """The process's one settings object."""
+    return QactlSettings()
+
+
+def load_settings(**overrides: Any) -> QactlSettings:
+    """A fresh settings object (tests and the CLI's --config use this)."""
+    return QactlSettings(**overrides)
