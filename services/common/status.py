@@ -1,0 +1,65 @@
+"""Where a question is right now: every stage records its hops here, `/status` reads them.
+
+Kept in Redis (a hash for the current stage, a list for the history, both expiring), and
+announced on a pub/sub channel for live views. It is a best-effort view: the durable truth of a
+question's outcome is PostgreSQL, written by the persister, and the message itself carries its
+hops. A Redis outage therefore never stops a stage; it only blurs the live view.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from services.common.schemas import Hop, Stage
+from services.common.settings import QactlSettings
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "qactl:events"
+STATUS_TTL_SECONDS = 7 * 24 * 3600
+
+
+def status_key(question_id: str) -> str:
+    return f"qactl:status:{question_id}"
+
+
+def hops_key(question_id: str) -> str:
+    return f"qactl:hops:{question_id}"
+
+
+class StatusTracker:
+    def __init__(self, settings: QactlSettings, client: redis.Redis | None = None) -> None:
+        self._redis = client or redis.Redis.from_url(
+            settings.redis.connection_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+
+    def record(self, question_id: str, hop: Hop) -> bool:
+        """Append ``hop`` and make its stage current; False (logged) if Redis is unreachable."""
+        payload = hop.model_dump_json()
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(
+                status_key(question_id),
+                mapping={"stage": hop.stage.value, "attempt": hop.attempt, "updated_at": hop.at.isoformat()},
+            )
+            pipe.rpush(hops_key(question_id), payload)
+            pipe.expire(status_key(question_id), STATUS_TTL_SECONDS)
+            pipe.expire(hops_key(question_id), STATUS_TTL_SECONDS)
+            pipe.publish(EVENTS_CHANNEL, f'{{"question_id": "{question_id}", "hop": {payload}}}')
+            pipe.execute()
+            return True
+        except redis.RedisError as exc:
+            log.warning("status of %s not recorded (%s): %s", question_id, hop.stage, exc)
+            return False
+
+    def current(self, question_id: str) -> Stage | None:
+        raw = self._redis.hget(status_key(question_id), "stage")
+        return Stage(raw.decode()) if raw else None
+
+    def hops(self, question_id: str) -> list[Hop]:
+        return [Hop.model_validate_json(item) for item in self._redis.lrange(hops_key(question_id), 0, -1)]
+
+    def close(self) -> None:
+        self._redis.close()
