@@ -1,0 +1,75 @@
+"""The `qactl` command: one Typer sub-app per command group, joined here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from qactl.cli import stack
+from qactl.cli.common import err_console
+from qactl.errors import QactlError
+
+class QactlGroup(TyperGroup):
+    """Turns an expected failure anywhere below into one red line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except QactlError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="qactl",
+    cls=QactlGroup,
+    help="Run and operate the asynchronous LLM question-answering pipeline "
+    "(Kafka, Flink, PostgreSQL, Redis and the pipeline services).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(stack.app)
+
+
+def _join_optional_groups() -> None:
+    """Command groups of later layers join when their module exists."""
+    import importlib
+
+    for module_name in ("ask", "demo", "watch", "metrics", "traffic", "migrate", "gateway"):
+        try:
+            module = importlib.import_module(f"qactl.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"qactl.cli.{module_name}":
+                continue
+            raise
+        app.add_typer(module.app)
+
+
+_join_optional_groups()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="A TOML config file (see qactl.example.toml).", exists=True, dir_okay=False),
+    ] = None,
+    state_dir: Annotated[
+        Optional[Path], typer.Option("--state-dir", help="Where data, pid files and logs live.")
+    ] = None,
+) -> None:
+    """Global options; they apply to every command."""
+    if config is not None:
+        os.environ["QACTL_CONFIG"] = str(config)
+    if state_dir is not None:
+        os.environ["QACTL_STATE_DIR"] = str(state_dir)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,207 @@
+"""`qactl up | down | status | logs | doctor`: the stack's life cycle."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+
+from qactl.cli.common import console, settings
+from qactl.errors import QactlError
+from qactl.runtime.stack import ComponentStatus, Stack
+
+app = typer.Typer()
+
+_PHASE_STYLE = {
+    "ready": "[green]ready[/]",
+    "unchanged": "[green]running[/] (unchanged)",
+    "external": "[cyan]external[/]",
+    "failed": "[red]failed[/]",
+    "stopped": "[dim]stopped[/]",
+}
+
+OnlyOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--only", help="Limit to these components (repeat the option); default: all."),
+]
+
+
+class _Progress:
+    """A live table, one row per component: what it is doing now, and for how long."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.rows: dict[str, tuple[str, str, float]] = {n: ("waiting", "", time.monotonic()) for n in names}
+
+    def __call__(self, component: str, phase: str, detail: str) -> None:
+        previous = self.rows.get(component)
+        started = previous[2] if previous and previous[0] == phase else time.monotonic()
+        self.rows[component] = (phase, detail, started)
+
+    def __rich__(self) -> Table:
+        table = Table(box=None, show_header=False, padding=(0, 1))
+        for name, (phase, detail, started) in self.rows.items():
+            if phase in _PHASE_STYLE:
+                state: object = _PHASE_STYLE[phase]
+            elif phase == "waiting" and not detail:
+                state = "[dim]pending[/]"
+            else:
+                state = Spinner("dots", text=f"{phase} {time.monotonic() - started:4.0f}s")
+            table.add_row(f"[bold]{name}[/]", state, f"[dim]{detail[:90]}[/]")
+        return table
+
+
+@app.command()
+def up(only: OnlyOption = None) -> None:
+    """Provision what is missing and start the stack, in order; waits for each to be healthy.
+
+    Idempotent: a second `qactl up` starts nothing and says so.
+    """
+    stack = Stack(settings(), only=only)
+    progress = _Progress([c.name for c in stack.components])
+    console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
+    with Live(progress, console=console, refresh_per_second=8, transient=False):
+        result = stack.up(progress)
+    if not result.changed:
+        console.print("[green]Everything was already up; nothing changed.[/]")
+    else:
+        console.print(f"[green]Started:[/] {', '.join(result.started)}")
+    _print_endpoints(stack)
+
+
+def _print_endpoints(stack: Stack) -> None:
+    table = Table(title="endpoints", box=None, title_justify="left")
+    table.add_column("component")
+    table.add_column("endpoint")
+    for comp in stack.components:
+        if comp.endpoint:
+            table.add_row(comp.name, comp.endpoint + (" (external)" if comp.external else ""))
+    console.print(table)
+
+
+@app.command()
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete all state: data, logs, config.")] = False,
+    only: OnlyOption = None,
+) -> None:
+    """Stop everything `qactl up` started, last first (graceful, then forced)."""
+    stack = Stack(settings(), only=only)
+    stopped = stack.down(purge=purge, events=lambda c, phase, d: _say_down(c, phase, d))
+    console.print(f"stopped {len(stopped)} process(es)" + (" and removed the state" if purge else ""))
+
+
+def _say_down(component: str, phase: str, detail: str) -> None:
+    if phase == "stopping":
+        console.print(f"  stopping {detail}")
+    elif phase == "failed":
+        console.print(f"  [yellow]{component}: {detail}[/]")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show every component: state, pid, port, health. Exit code 1 when anything is unhealthy."""
+    stack = Stack(settings())
+    statuses = stack.status()
+    if as_json:
+        typer.echo(json.dumps([_status_dict(s) for s in statuses], indent=2, default=str))
+    else:
+        console.print(_status_table(stack, statuses))
+    if not all(s.ok for s in statuses):
+        raise typer.Exit(1)
+
+
+def _status_dict(status: ComponentStatus) -> dict[str, object]:
+    return {
+        "name": status.name,
+        "kind": status.kind,
+        "ok": status.ok,
+        "external": status.external,
+        "endpoint": status.endpoint,
+        "detail": status.health.detail,
+        "health": dict(status.health.data),
+        "processes": [{"name": p.name, "running": p.running, "pid": p.pid} for p in status.processes],
+    }
+
+
+def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
+    table = Table(box=None, padding=(0, 1))
+    for column in ("component", "state", "pid", "endpoint", "health"):
+        table.add_column(column)
+    for s in statuses:
+        if s.external:
+            state = "[cyan]external[/]" if s.health.ok else "[red]unreachable[/]"
+        elif s.ok:
+            state = "[green]up[/]"
+        elif any(p.running for p in s.processes):
+            state = "[yellow]unhealthy[/]"
+        else:
+            state = "[red]down[/]"
+        pids = ",".join(str(p.pid) for p in s.processes if p.running) or "-"
+        table.add_row(s.name, state, pids, s.endpoint or "-", s.health.detail)
+    return table
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="A component or process name, e.g. kafka, llm-consumer-1.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
+) -> None:
+    """Print a process's log file (under the state dir's logs/)."""
+    stack = Stack(settings())
+    path = _log_path(stack, name)
+    typer.echo(stack.supervisor.tail(path.stem, lines))
+    if follow:
+        _follow(path)
+
+
+def _log_path(stack: Stack, name: str):
+    processes = {spec.name: comp.name for comp in stack.components for spec in comp.processes()}
+    if name in processes:
+        return stack.supervisor.log_file(name)
+    owned = [p for p, comp in processes.items() if comp == name]
+    if len(owned) == 1:
+        return stack.supervisor.log_file(owned[0])
+    if owned:
+        raise QactlError(f"{name} has several processes; name one of: {', '.join(owned)}")
+    raise QactlError(f"no component or process named {name!r}; known: {', '.join(processes)}")
+
+
+def _follow(path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            while True:
+                chunk = fh.readline()
+                if chunk:
+                    typer.echo(chunk.decode("utf-8", "replace"), nl=False)
+                else:
+                    time.sleep(0.25)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def doctor() -> None:
+    """Check prerequisites (Java, Maven, PostgreSQL, Redis, ports, disk) and say what to install."""
+    from qactl.runtime.doctor import run_checks
+
+    checks = run_checks(settings())
+    table = Table(box=None, padding=(0, 1))
+    for column in ("check", "", "detail", "fix"):
+        table.add_column(column)
+    for check in checks:
+        mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
+        table.add_row(check.name, mark, check.detail, check.fix or "")
+    console.print(table)
+    failing = [c for c in checks if not c.ok]
+    if failing:
+        console.print(f"[red]{len(failing)} problem(s)[/]: fix them, then run `qactl up`.")
+        raise typer.Exit(1)
+    console.print("[green]All prerequisites are in place.[/]")
