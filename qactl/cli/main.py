@@ -54,8 +54,19 @@ def _join_optional_groups() -> None:
 _join_optional_groups()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"qactl {version('qactl')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
     config: Annotated[
         Optional[Path],
         typer.Option("--config", "-c", help="A TOML config file (see qactl.example.toml).", exists=True, dir_okay=False),
