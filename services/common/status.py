@@ -21,6 +21,11 @@ EVENTS_CHANNEL = "qactl:events"
 STATUS_TTL_SECONDS = 7 * 24 * 3600
 
 
+def _connect(url: str) -> redis.Redis:
+    # Short timeouts: a slow or absent Redis must not stall a pipeline stage.
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
 def status_key(question_id: str) -> str:
     return f"qactl:status:{question_id}"
 
@@ -31,9 +36,14 @@ def hops_key(question_id: str) -> str:
 
 class StatusTracker:
     def __init__(self, settings: QactlSettings, client: redis.Redis | None = None) -> None:
-        self._redis = client or redis.Redis.from_url(
-            settings.redis.connection_url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
+        self._redis = client or _connect(settings.redis.connection_url)
+
+    @classmethod
+    def from_url(cls, url: str) -> "StatusTracker":
+        """For processes that get a Redis URL rather than the whole settings (the Flink job)."""
+        tracker = cls.__new__(cls)
+        tracker._redis = _connect(url)
+        return tracker
 
     def record(self, question_id: str, hop: Hop) -> bool:
         """Append ``hop`` and make its stage current; False (logged) if Redis is unreachable."""

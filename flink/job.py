@@ -1,0 +1,176 @@
+"""qactl's quality gate: the PyFlink job that scores answers and closes the regeneration loop.
+
+llm-responses-success -> batched BERTScore F1 against the reference -> side outputs:
+  score > threshold                      -> validated-responses
+  score <= threshold, regenerations left -> questions-pending (attempt + 1, previous answer/score)
+  score <= threshold, none left          -> low-quality-responses
+  malformed input                        -> questions-dead-letter (with the reason)
+
+Batching: records are keyed into a few shards; each shard buffers in checkpointed list state and
+scores when ``batch_size`` records are waiting or ``max_wait_ms`` after the first one arrived
+(a processing-time timer), so a lone message is still scored promptly. Buffered records are in
+Flink state, so a TaskManager crash loses nothing: the job restarts from the last checkpoint
+and re-reads from the committed offsets (at-least-once; the persister absorbs duplicates).
+
+Outputs are written through Kafka table sinks so that each record keeps the question id as its
+Kafka key, as every other producer of the pipeline does.
+
+Submitted by `qactl up` (qactl/runtime/score_job.py) as
+``flink run -d -py flink/job.py --config-json '<flink.gate.JobConfig as JSON>'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import zlib
+from collections.abc import Iterator
+
+from pyflink.common import Row, Types, WatermarkStrategy
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import (
+    CheckpointingMode,
+    KeyedProcessFunction,
+    OutputTag,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+)
+from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.table import StreamTableEnvironment
+
+from services.common import topics
+
+JOB_NAME = "qactl-score-job"
+CONSUMER_GROUP = "flink-score-job"
+ROUTED = Types.ROW_NAMED(["question_id", "payload"], [Types.STRING(), Types.STRING()])
+OUTPUT_TOPICS = (
+    topics.VALIDATED.name,
+    topics.QUESTIONS_PENDING.name,
+    topics.LOW_QUALITY.name,
+    topics.DEAD_LETTER.name,
+)
+TAGS = {name: OutputTag(name.replace("-", "_"), ROUTED) for name in OUTPUT_TOPICS}
+
+log = logging.getLogger(JOB_NAME)
+
+
+class ScoreInBatches(KeyedProcessFunction):
+    """Buffers a shard's answers in state and scores them together; routes by side output."""
+
+    def __init__(self, config_json: str, batch_size: int, max_wait_ms: int) -> None:
+        self.config_json = config_json
+        self.batch_size = batch_size
+        self.max_wait_ms = max_wait_ms
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from flink.gate import JobConfig, QualityGate
+
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.STRING()))
+        self.pending_count = runtime_context.get_state(ValueStateDescriptor("pending_count", Types.INT()))
+        self.timer_at = runtime_context.get_state(ValueStateDescriptor("timer_at", Types.LONG()))
+        self.gate = QualityGate(JobConfig.model_validate_json(self.config_json))  # loads the model once per worker
+
+    def process_element(self, value: str, ctx: KeyedProcessFunction.Context) -> Iterator:
+        self.pending.add(value)
+        count = (self.pending_count.value() or 0) + 1
+        self.pending_count.update(count)
+        if count >= self.batch_size:
+            yield from self._flush(ctx)
+        elif self.timer_at.value() is None:
+            due = ctx.timer_service().current_processing_time() + self.max_wait_ms
+            ctx.timer_service().register_processing_time_timer(due)
+            self.timer_at.update(due)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator:
+        self.timer_at.clear()
+        yield from self._flush(ctx)
+
+    def _flush(self, ctx: KeyedProcessFunction.Context) -> Iterator:
+        raws = list(self.pending.get() or [])
+        self.pending.clear()
+        self.pending_count.clear()
+        due = self.timer_at.value()
+        if due is not None:
+            ctx.timer_service().delete_processing_time_timer(due)
+            self.timer_at.clear()
+        for topic, question_id, payload in self.gate.process_batch(raws):
+            yield TAGS[topic], Row(question_id, payload)
+
+    def close(self) -> None:
+        gate = getattr(self, "gate", None)
+        if gate is not None:
+            gate.close()
+
+
+def shard_of(raw: str, shards: int) -> int:
+    return zlib.crc32(raw.encode("utf-8", "replace")) % shards
+
+
+def kafka_sink_ddl(table: str, topic: str, bootstrap: str) -> str:
+    return f"""
+        CREATE TEMPORARY TABLE `{table}` (question_id STRING, payload STRING) WITH (
+            'connector' = 'kafka',
+            'topic' = '{topic}',
+            'properties.bootstrap.servers' = '{bootstrap}',
+            'key.format' = 'raw',
+            'key.fields' = 'question_id',
+            'value.format' = 'raw',
+            'value.fields-include' = 'EXCEPT_KEY',
+            'sink.delivery-guarantee' = 'at-least-once'
+        )"""
+
+
+def build(env: StreamExecutionEnvironment, config_json: str, args: argparse.Namespace) -> None:
+    from flink.gate import JobConfig
+
+    bootstrap = JobConfig.model_validate_json(config_json).bootstrap_servers
+    env.enable_checkpointing(args.checkpoint_ms, CheckpointingMode.AT_LEAST_ONCE)
+    t_env = StreamTableEnvironment.create(env)
+
+    source = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(bootstrap)
+        .set_topics(topics.LLM_SUCCESS.name)
+        .set_group_id(CONSUMER_GROUP)
+        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets())
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .set_property("auto.offset.reset", "earliest")
+        .build()
+    )
+    answers = env.from_source(source, WatermarkStrategy.no_watermarks(), topics.LLM_SUCCESS.name)
+    shards = args.shards
+    routed = answers.key_by(lambda raw: shard_of(raw, shards), key_type=Types.INT()).process(
+        ScoreInBatches(config_json, args.batch_size, args.max_wait_ms), output_type=ROUTED
+    ).name("score-and-route")
+
+    statements = t_env.create_statement_set()
+    for topic, tag in TAGS.items():
+        table_name = f"sink_{topic.replace('-', '_')}"
+        t_env.execute_sql(kafka_sink_ddl(table_name, topic, bootstrap))
+        statements.add_insert(table_name, t_env.from_data_stream(routed.get_side_output(tag)))
+    statements.attach_as_datastream()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-json", required=True, help="flink.gate.JobConfig as JSON")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-wait-ms", type=int, default=100)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--checkpoint-ms", type=int, default=5000)
+    parser.add_argument("--parallelism", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    env = StreamExecutionEnvironment.get_execution_environment()
+    env.set_parallelism(args.parallelism)
+    build(env, args.config_json, args)
+    env.execute(JOB_NAME)
+
+
+if __name__ == "__main__":
+    main()
