@@ -9,6 +9,7 @@ hops. A Redis outage therefore never stops a stage; it only blurs the live view.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 
@@ -34,6 +35,19 @@ def hops_key(question_id: str) -> str:
     return f"qactl:hops:{question_id}"
 
 
+def queue_record(pipe: Any, question_id: str, hop: Hop) -> None:
+    """Queue the commands that record ``hop`` on a pipeline, sync or ``redis.asyncio`` alike."""
+    payload = hop.model_dump_json()
+    pipe.hset(
+        status_key(question_id),
+        mapping={"stage": hop.stage.value, "attempt": hop.attempt, "updated_at": hop.at.isoformat()},
+    )
+    pipe.rpush(hops_key(question_id), payload)
+    pipe.expire(status_key(question_id), STATUS_TTL_SECONDS)
+    pipe.expire(hops_key(question_id), STATUS_TTL_SECONDS)
+    pipe.publish(EVENTS_CHANNEL, f'{{"question_id": "{question_id}", "hop": {payload}}}')
+
+
 class StatusTracker:
     def __init__(self, settings: QactlSettings, client: redis.Redis | None = None) -> None:
         self._redis = client or _connect(settings.redis.connection_url)
@@ -47,17 +61,9 @@ class StatusTracker:
 
     def record(self, question_id: str, hop: Hop) -> bool:
         """Append ``hop`` and make its stage current; False (logged) if Redis is unreachable."""
-        payload = hop.model_dump_json()
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(
-                status_key(question_id),
-                mapping={"stage": hop.stage.value, "attempt": hop.attempt, "updated_at": hop.at.isoformat()},
-            )
-            pipe.rpush(hops_key(question_id), payload)
-            pipe.expire(status_key(question_id), STATUS_TTL_SECONDS)
-            pipe.expire(hops_key(question_id), STATUS_TTL_SECONDS)
-            pipe.publish(EVENTS_CHANNEL, f'{{"question_id": "{question_id}", "hop": {payload}}}')
+            queue_record(pipe, question_id, hop)
             pipe.execute()
             return True
         except redis.RedisError as exc:
