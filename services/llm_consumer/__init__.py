@@ -1,0 +1,1 @@
+"""llm-consumer: questions-pending -> LLM -> success / overload / quota / dead letter."""

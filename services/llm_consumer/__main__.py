@@ -1,0 +1,55 @@
+"""``python -m services.llm_consumer``: run one llm-consumer replica until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from services.common.runner import install_stop_handlers, serve_metrics_and_health, setup_logging
+from services.common.settings import get_settings
+from services.common.slots import metrics_port, service_replica
+from services.common.status import StatusTracker
+
+
+def main() -> int:
+    from services.common.prompts import build_prompt
+    from services.llm_consumer.backends import choose_backend
+    from services.llm_consumer.consumer import LLMConsumer
+
+    replica = service_replica()
+    log = setup_logging(f"llm-consumer-{replica}")
+    settings = get_settings()
+    stop = install_stop_handlers()
+    backend, description = choose_backend(settings)
+    status = StatusTracker(settings)
+    consumer = LLMConsumer(
+        settings, backend.generate, description, stop, build_prompt, status=status, replica=replica
+    )
+    port = metrics_port(settings)
+    server = serve_metrics_and_health("127.0.0.1", port, consumer.health)
+    log.info(
+        "llm-consumer-%d: %s, %d call(s) in flight at most, metrics and health on :%d",
+        replica,
+        description,
+        consumer.concurrency,
+        port,
+    )
+    try:
+        consumer.run()
+    except Exception as exc:
+        log.error("stopped on failure: %s", exc)
+        return 1
+    finally:
+        server.shutdown()
+        status.close()
+        close = getattr(backend, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # an async client's close needs its loop; the process ends anyway
+                pass
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

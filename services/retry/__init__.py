@@ -1,0 +1,1 @@
+"""retry-overload and retry-quota: error-typed, non-blocking, durable retries via delay topics."""

@@ -1,0 +1,358 @@
+"""retry-overload and retry-quota: non-blocking, durable retries through delay topics.
+
+Two consumers per process, each in its own thread:
+
+- the *error loop* reads the kind's error topic, decides (``policy.decide``) and produces either
+  a ``DelayedRetry`` to the delay topic of that retry level or a ``DeadLetter`` when retries are
+  used up; it commits only after Kafka acknowledged what it produced.
+- the *delay loop* reads the delay topics. When the head of a partition is not due yet, it pauses
+  that partition and seeks back to the head, so nothing waits in memory and the other partitions
+  (other levels) keep flowing; when due, it resumes the partition, re-reads the head, produces a
+  ``QuestionMessage`` back to ``questions-pending`` and commits after the acknowledgement.
+
+A crash anywhere loses nothing: every offset is committed after its successor message is
+durable, so at worst a retry is re-queued twice (the persister writes terminal states once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import datetime, timezone
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common import topics
+from services.common.kafka import (
+    dead_letter_for_poison,
+    flush_or_raise,
+    is_real_error,
+    make_consumer,
+    make_producer,
+    produce,
+)
+from services.common.schemas import (
+    DeadLetter,
+    DelayedRetry,
+    ErrorInfo,
+    ErrorKind,
+    Hop,
+    LLMError,
+    PoisonMessage,
+    QuestionMessage,
+    Stage,
+    decode,
+    utcnow,
+)
+from services.common.settings import QactlSettings
+from services.common.status import StatusTracker
+from services.retry.policy import GiveUp, KindSpec, RetryKind, Schedule, decide
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+SCHEDULED = Counter("qactl_retry_scheduled_total", "Retries put on a delay topic", ["kind"])
+REQUEUED = Counter("qactl_retry_requeued_total", "Retries sent back to questions-pending", ["kind"])
+EXHAUSTED = Counter("qactl_retry_exhausted_total", "Questions dead-lettered with retries used up", ["kind"])
+POISON = Counter("qactl_retry_poison_total", "Undecodable messages sent to the dead letter", ["topic"])
+DELAY = Histogram(
+    "qactl_retry_delay_seconds",
+    "Delay chosen for a retry",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 30, 60, 120, 300),
+)
+LATENESS = Histogram(
+    "qactl_retry_lateness_seconds",
+    "How long after its due time a retry was re-queued",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+PAUSED = Gauge("qactl_retry_paused_partitions", "Delay partitions waiting for their head to be due", ["kind"])
+
+
+def question_part(message: QuestionMessage) -> dict:
+    """The fields of the base ``QuestionMessage`` of any payload that extends it."""
+    return message.model_dump(include=set(QuestionMessage.model_fields))
+
+
+def _epoch(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+class RetryService:
+    """One retry process (``retry-overload`` or ``retry-quota``); ``run`` returns after ``stop``."""
+
+    def __init__(
+        self,
+        settings: QactlSettings,
+        kind: RetryKind,
+        stop: threading.Event,
+        status: StatusTracker | None = None,
+        rng: random.Random | None = None,
+        client_suffix: str = "",
+    ) -> None:
+        from services.retry.policy import KINDS
+
+        self.settings = settings
+        self.policies = settings.policies
+        self.spec: KindSpec = KINDS[kind]
+        self.stop = stop
+        self.status = status
+        self.rng = rng or random.Random()
+        self.client_id = self.spec.service + client_suffix
+        self.failure: BaseException | None = None
+        self.heartbeats: dict[str, float] = {}
+        self.paused: dict[tuple[str, int], float] = {}  # delay partition -> epoch when its head is due
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        with ExitStack() as stack:
+            producer = make_producer(self.settings, self.client_id)
+            stack.callback(producer.flush, 30)
+            threads = [
+                threading.Thread(target=self._guard, args=(self._error_loop, producer), name="error-loop"),
+                threading.Thread(target=self._guard, args=(self._delay_loop, producer), name="delay-loop"),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def _guard(self, loop: Callable[[Producer], None], producer: Producer) -> None:
+        """A loop that fails stops the whole process: nothing keeps half-running."""
+        try:
+            loop(producer)
+        except BaseException as exc:  # noqa: BLE001 (re-raised by run)
+            log.exception("%s failed", threading.current_thread().name)
+            self.failure = exc
+            self.stop.set()
+
+    def health(self) -> dict[str, object]:
+        now = time.monotonic()
+        ages = {name: round(now - beat, 1) for name, beat in self.heartbeats.items()}
+        ok = len(ages) == 2 and all(age < 15 for age in ages.values()) and self.failure is None
+        return {
+            "ok": ok,
+            "service": self.spec.service,
+            "loops_seconds_since_poll": ages,
+            "paused_delay_partitions": sorted(f"{t}[{p}]" for t, p in self.paused),
+            "delay_scale": self.policies.delay_scale,
+        }
+
+    def _record(self, question_id: str, hop: Hop) -> None:
+        if self.status is not None:
+            self.status.record(question_id, hop)
+
+    # -- error topic -> delay topic or dead letter ---------------------------------------------
+
+    def _error_loop(self, producer: Producer) -> None:
+        consumer = make_consumer(
+            self.settings, self.spec.service, [self.spec.error_topic], client_id=self.client_id
+        )
+        try:
+            while not self.stop.is_set():
+                self.heartbeats["error"] = time.monotonic()
+                batch = consumer.consume(num_messages=BATCH, timeout=0.5)
+                done: dict[tuple[str, int], int] = {}
+                for msg in batch:
+                    if msg.error():
+                        if is_real_error(msg):
+                            log.warning("consumer error on %s: %s", self.spec.error_topic, msg.error())
+                        continue
+                    self._handle_error(producer, msg)
+                    done[(msg.topic(), msg.partition())] = msg.offset()
+                _commit_after_ack(consumer, producer, done)
+        finally:
+            consumer.close()
+
+    def _handle_error(self, producer: Producer, msg: Message) -> None:
+        try:
+            failed = decode(LLMError, msg.value())
+        except PoisonMessage as exc:
+            POISON.labels(msg.topic()).inc()
+            log.warning("poison on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc))
+            return
+        retry_count = getattr(failed.retries, self.spec.kind.value)
+        decision = decide(self.spec, retry_count, failed.error, self.policies, self.rng)
+        now = utcnow()
+        if isinstance(decision, GiveUp):
+            self._give_up(producer, failed, decision, now)
+            return
+        assert isinstance(decision, Schedule)
+        limit = self.spec.max_retries(self.policies)
+        hop = Hop(
+            stage=self.spec.stage,
+            topic=decision.topic,
+            at=now,
+            attempt=failed.attempt,
+            error=failed.error,
+            delay_seconds=round(decision.delay_seconds, 3),
+            note=f"{self.spec.kind.value} retry {retry_count + 1}/{limit} due at {decision.due_at.isoformat()}",
+        )
+        fields = question_part(failed)
+        fields.update(
+            last_error=failed.error,
+            # The llm-consumer stamped when the question entered this stage; keep its time.
+            timestamps={self.spec.stage.value: now, **failed.timestamps},
+            hops=[*failed.hops, hop],
+        )
+        waiting = DelayedRetry(**fields, due_at=decision.due_at, delay_seconds=decision.delay_seconds)
+        produce(producer, decision.topic, waiting)
+        SCHEDULED.labels(self.spec.kind.value).inc()
+        DELAY.labels(self.spec.kind.value).observe(decision.delay_seconds)
+        self._record(failed.question_id, hop)
+
+    def _give_up(self, producer: Producer, failed: LLMError, decision: GiveUp, now: datetime) -> None:
+        last = failed.error
+        error = ErrorInfo(
+            kind=ErrorKind.exhausted,
+            status_code=last.status_code,
+            message=f"{decision.reason}; last error: {last.kind.value} {last.status_code or ''} {last.message}".strip(),
+        )
+        hop = Hop(
+            stage=Stage.failed,
+            topic=topics.DEAD_LETTER.name,
+            at=now,
+            attempt=failed.attempt,
+            error=error,
+            note=decision.reason,
+        )
+        fields = question_part(failed)
+        fields.update(
+            last_error=last,
+            timestamps={**failed.timestamps, Stage.failed.value: now},
+            hops=[*failed.hops, hop],
+        )
+        letter = DeadLetter(
+            question_id=failed.question_id,
+            reason=decision.reason,
+            error=error,
+            source_topic=self.spec.error_topic,
+            message=QuestionMessage(**fields),
+            failed_at=now,
+        )
+        produce(producer, topics.DEAD_LETTER.name, letter)
+        EXHAUSTED.labels(self.spec.kind.value).inc()
+        self._record(failed.question_id, hop)
+
+    # -- delay topics -> questions-pending ----------------------------------------------------
+
+    def _delay_loop(self, producer: Producer) -> None:
+        consumer = make_consumer(
+            self.settings,
+            self.spec.delay_group,
+            self.spec.delay_topics(self.policies),
+            client_id=f"{self.client_id}-delay",
+        )
+
+        def forget(_: Consumer, partitions: list[TopicPartition]) -> None:
+            # A partition that moves away takes its pause with it; its new owner re-reads the head.
+            for tp in partitions:
+                self.paused.pop((tp.topic, tp.partition), None)
+
+        consumer.subscribe(self.spec.delay_topics(self.policies), on_revoke=forget, on_lost=forget)
+        try:
+            while not self.stop.is_set():
+                self.heartbeats["delay"] = time.monotonic()
+                self._resume_due(consumer)
+                batch = consumer.consume(num_messages=BATCH, timeout=self._poll_timeout())
+                done: dict[tuple[str, int], int] = {}
+                for msg in batch:
+                    if msg.error():
+                        if is_real_error(msg):
+                            log.warning("consumer error on delay topics: %s", msg.error())
+                        continue
+                    partition = (msg.topic(), msg.partition())
+                    if partition in self.paused:
+                        continue  # fetched before the pause; the seek brings it back when due
+                    if self._handle_delayed(consumer, producer, msg):
+                        done[partition] = msg.offset()
+                PAUSED.labels(self.spec.kind.value).set(len(self.paused))
+                _commit_after_ack(consumer, producer, done)
+        finally:
+            consumer.close()
+
+    def _poll_timeout(self) -> float:
+        if not self.paused:
+            return 0.5
+        wait = min(self.paused.values()) - time.time()
+        return min(0.5, max(0.005, wait))
+
+    def _resume_due(self, consumer: Consumer) -> None:
+        now = time.time()
+        due = [partition for partition, at in self.paused.items() if at <= now]
+        if not due:
+            return
+        consumer.resume([TopicPartition(topic, part) for topic, part in due])
+        for partition in due:
+            del self.paused[partition]
+
+    def _handle_delayed(self, consumer: Consumer, producer: Producer, msg: Message) -> bool:
+        """Re-queue a due retry (True), or pause its partition until the head is due (False)."""
+        try:
+            waiting = decode(DelayedRetry, msg.value())
+        except PoisonMessage as exc:
+            POISON.labels(msg.topic()).inc()
+            log.warning("poison on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc))
+            return True
+        due = _epoch(waiting.due_at)
+        if due > time.time():
+            tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+            # Pause first, then seek: the position after a pause is "last consumed + 1", and
+            # the head must be read again when the partition is resumed.
+            consumer.pause([tp])
+            consumer.seek(tp)
+            self.paused[(msg.topic(), msg.partition())] = due
+            return False
+        self._requeue(producer, waiting)
+        return True
+
+    def _requeue(self, producer: Producer, waiting: DelayedRetry) -> None:
+        now = utcnow()
+        kind = self.spec.kind.value
+        waited = (now - waiting.due_at).total_seconds() + waiting.delay_seconds
+        retries = waiting.retries.model_copy(update={kind: getattr(waiting.retries, kind) + 1})
+        limit = self.spec.max_retries(self.policies)
+        hop = Hop(
+            stage=Stage.queued,
+            topic=topics.QUESTIONS_PENDING.name,
+            at=now,
+            attempt=waiting.attempt,
+            error=waiting.last_error,
+            delay_seconds=round(waited, 3),
+            note=f"{kind} retry {retries.model_dump()[kind]}/{limit} after {waited:.2f} s",
+        )
+        fields = question_part(waiting)
+        fields.update(
+            retries=retries,
+            timestamps={**waiting.timestamps, Stage.queued.value: now},
+            hops=[*waiting.hops, hop],
+        )
+        produce(producer, topics.QUESTIONS_PENDING.name, QuestionMessage(**fields))
+        REQUEUED.labels(kind).inc()
+        LATENESS.labels(kind).observe(max(0.0, (now - waiting.due_at).total_seconds()))
+        self._record(waiting.question_id, hop)
+
+
+def _commit_after_ack(consumer: Consumer, producer: Producer, done: dict[tuple[str, int], int]) -> None:
+    """Commit ``offset + 1`` per partition once everything produced for those messages is acked."""
+    if not done:
+        return
+    flush_or_raise(producer)
+    consumer.commit(
+        offsets=[TopicPartition(topic, part, offset + 1) for (topic, part), offset in done.items()],
+        asynchronous=False,
+    )
