@@ -36,3 +36,19 @@ class ComponentFailed(QactlError):
 
 class StackNotRunning(QactlError):
     """A command needs the stack that `qactl up` starts, and it is not up."""
+
+
+class RequestRejected(QactlError):
+    """A service refused a request as invalid (HTTP 4xx); the message says what was wrong."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ServiceUnavailable(QactlError):
+    """A service is up but cannot do what was asked right now (HTTP 503); retry later."""
+
+
+class QuestionNotFound(QactlError):
+    """No question with that id is known to the pipeline."""
