@@ -1,0 +1,1 @@
+"""The dashboard's screens: the panels, one question's journey, and the help."""

@@ -1,0 +1,1 @@
+"""Dashboard widgets: thin shells that redraw a pure panel function when data arrives."""
