@@ -1,0 +1,194 @@
+"""The pipeline services as stack components, declared from one table: a new service is one row.
+
+Every service is ``python -m <module> [args]`` under the supervisor, with its settings passed
+through the environment (so a child sees exactly the parent's configuration, overrides
+included), ``QACTL_SERVICE_SLOT`` (-> its /metrics and /health port, ``metrics_base_port +
+slot``) and ``QACTL_SERVICE_REPLICA``. Health is the process's own ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+from qactl.runtime.component import Component
+from qactl.runtime.supervisor import Health, Port, ProcessSpec
+from services.common.settings import QactlSettings
+from services.common.slots import REPLICA_ENV, SLOT_ENV
+
+_one: Callable[[QactlSettings], int] = lambda s: 1  # noqa: E731
+_always: Callable[[QactlSettings], bool] = lambda s: True  # noqa: E731
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """One pipeline service.
+
+    ``port``: the service's own HTTP port (and the setting that moves it), or None to serve
+    /metrics and /health on its metrics slot. Slots are handed out in table order, so the
+    slots of the fixed services do not move when the number of replicas changes.
+    """
+
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+    replicas: Callable[[QactlSettings], int] = _one
+    port: Callable[[QactlSettings], tuple[int, str]] | None = None
+    enabled: Callable[[QactlSettings], bool] = _always
+    depends_on: tuple[str, ...] = ("kafka",)
+    stop_timeout: float = 30.0
+
+
+def gateway_needed(settings: QactlSettings) -> bool:
+    """The built-in gateway runs when it is the backend, or when it fronts a real upstream LLM."""
+    if settings.gateway.upstream_url:
+        return True
+    try:
+        from services.llm_consumer.backends import resolve_backend_kind
+    except ImportError:
+        return settings.llm.backend in ("gateway", "auto")
+    return resolve_backend_kind(settings) == "gateway"
+
+
+SERVICES: tuple[ServiceRow, ...] = (
+    ServiceRow(
+        "llm-gateway",
+        "services.llm_gateway",
+        port=lambda s: (s.gateway.port, "QACTL_GATEWAY__PORT"),
+        enabled=gateway_needed,
+        depends_on=(),
+    ),
+    ServiceRow(
+        "storage-api",
+        "services.storage_api",
+        port=lambda s: (s.api.port, "QACTL_API__PORT"),
+        depends_on=("kafka", "postgres", "redis"),
+    ),
+    ServiceRow("persister", "services.persister", depends_on=("kafka", "postgres", "redis")),
+    ServiceRow("retry-overload", "services.retry", args=("overload",)),
+    ServiceRow("retry-quota", "services.retry", args=("quota",)),
+    ServiceRow(
+        "llm-consumer",
+        "services.llm_consumer",
+        replicas=lambda s: s.services.llm_consumer_replicas,
+        depends_on=("kafka", "llm-gateway"),
+    ),
+)
+
+
+def settings_env(settings: QactlSettings) -> dict[str, str]:
+    """The settings as ``QACTL_<FIELD>`` JSON values, secrets included, for a child process."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, BaseModel):
+            return {name: plain(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    env = {}
+    for name in type(settings).model_fields:
+        value = plain(getattr(settings, name))
+        env[f"QACTL_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def http_health(url: str, timeout: float = 1.0) -> Health:
+    """A service's ``GET /health``: 200 is healthy; the JSON body becomes the detail line."""
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return Health(False, f"no answer at {url} ({type(exc).__name__})")
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {"body": data}
+    return Health(response.status_code == 200, _detail(data, response.status_code), data)
+
+
+def _detail(data: Mapping[str, Any], status: int) -> str:
+    shown = [
+        f"{key}={data[key]}"
+        for key in ("status", "backend", "in_flight", "paused_delay_partitions", "failure")
+        if data.get(key) not in (None, [], "")
+    ]
+    return ", ".join(shown) or ("healthy" if status == 200 else f"HTTP {status}")
+
+
+def _process_specs(row: ServiceRow, first_slot: int, settings: QactlSettings) -> list[ProcessSpec]:
+    count = max(0, row.replicas(settings))
+    base_env = settings_env(settings)
+    specs = []
+    for replica in range(1, count + 1):
+        slot = first_slot + replica - 1
+        if row.port is not None:
+            number, setting = row.port(settings)
+        else:
+            number, setting = settings.services.metrics_base_port + slot, "QACTL_SERVICES__METRICS_BASE_PORT"
+        host = "127.0.0.1"
+        specs.append(
+            ProcessSpec(
+                name=row.name if count == 1 and row.replicas is _one else f"{row.name}-{replica}",
+                argv=(sys.executable, "-m", row.module, *row.args),
+                ports=(Port(number, setting, host),),
+                env={**base_env, REPLICA_ENV: str(replica), **({} if row.port else {SLOT_ENV: str(slot)})},
+                stop_timeout=row.stop_timeout,
+                health=(lambda url=f"http://{host}:{number}/health": http_health(url)),
+            )
+        )
+    return specs
+
+
+def _component(row: ServiceRow, first_slot: int, settings: QactlSettings) -> Component:
+    specs = _process_specs(row, first_slot, settings)
+
+    def health() -> Health:
+        if not specs:
+            return Health(True, "no replicas configured")
+        checks = [(spec.name, spec.health()) for spec in specs]  # type: ignore[misc]
+        bad = [f"{name}: {h.detail}" for name, h in checks if not h.ok]
+        if bad:
+            return Health(False, "; ".join(bad))
+        if len(checks) == 1:
+            return checks[0][1]
+        return Health(True, f"{len(checks)} replicas healthy; {checks[0][1].detail}")
+
+    endpoints = ", ".join(f"http://127.0.0.1:{spec.ports[0].number}" for spec in specs)
+    return Component(
+        name=row.name,
+        health=health,
+        processes=lambda: specs,
+        kind="service",
+        endpoint=endpoints,
+        depends_on=row.depends_on,
+    )
+
+
+def components(settings: QactlSettings, rows: Sequence[ServiceRow] = SERVICES) -> list[Component]:
+    """Every enabled pipeline service, in start order (the gateway before its consumers)."""
+    found = []
+    slot = 0
+    for row in rows:
+        count = max(0, row.replicas(settings))
+        if row.port is None:
+            first_slot, slot = slot, slot + count
+        else:
+            first_slot = 0
+        if row.enabled(settings):
+            found.append(_component(row, first_slot, settings))
+    return found
