@@ -1,0 +1,383 @@
+"""The storage API: ``POST /query``, ``GET /status/{id}``, ``GET /metrics``, ``GET /health``.
+
+``POST /query`` looks for a stored answer (Redis cache, then PostgreSQL) and answers 200 with it;
+otherwise it records the accepted question in ``questions`` (one row per question id, so
+identical questions in flight coalesce into one pipeline run), produces it to
+``questions-pending``, waits for Kafka's acknowledgement and answers 202. A question is never
+answered 202 unless it is in Kafka, and never left recorded as queued when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common import topics
+from services.common.cache import CachedAnswer
+from services.common.schemas import TERMINAL_STAGES, Hop, QuestionMessage, Stage, question_id_for, utcnow
+from services.common.settings import QactlSettings
+from services.storage_api.inputs import BadInput, QueryRequest, parse_query
+from services.storage_api.limits import BodyLimitMiddleware, BodyTooLarge
+from services.storage_api.metrics import ApiMetrics
+from services.storage_api.producer import AsyncProducer, KafkaUnavailable
+from services.storage_api.redis_view import RedisView
+from services.storage_api.store import DatabaseUnavailable, QuestionStore, StoredStatus
+
+log = logging.getLogger(__name__)
+
+PROBE_SECONDS = 1.0
+# An accepted question whose produce was never confirmed (the API died in between) is produced
+# again after this long; a duplicate run is absorbed downstream (terminal states are written once).
+REQUEUE_AFTER_SECONDS = 30.0
+
+
+def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload, default=_default), status_code=status, media_type="application/json", headers=headers)
+
+
+def _default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return _json(status, {"error": code, "detail": detail}, headers)
+
+
+def _unavailable(detail: str) -> Response:
+    return _error(503, "unavailable", detail, {"Retry-After": "2"})
+
+
+def _hit(answer: CachedAnswer, source: str) -> Response:
+    return _json(
+        200,
+        {
+            "question_id": answer.question_id,
+            "status": answer.status,
+            "answer": answer.answer,
+            "score": answer.score,
+            "model": answer.model,
+            "attempt": answer.attempt,
+            "completed_at": answer.completed_at,
+            "source": source,
+        },
+    )
+
+
+def _accepted(question_id: str, coalesced: bool) -> Response:
+    url = f"/status/{question_id}"
+    return _json(
+        202,
+        {"question_id": question_id, "status": Stage.queued.value, "status_url": url, "coalesced": coalesced},
+        {"Location": url},
+    )
+
+
+class StorageApi:
+    """The API's dependencies and request logic; FastAPI routes call into it."""
+
+    def __init__(self, settings: QactlSettings) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        self.redis = RedisView(settings.redis.connection_url)
+        self.store = QuestionStore(settings.postgres.url)
+        self.producer = AsyncProducer(settings, topics.QUESTIONS_PENDING.name)
+        # Produces this process has in flight, so a coalesced request can wait for the outcome.
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.producer.start(asyncio.get_running_loop())
+        await self._probe()
+        self._tasks = [
+            asyncio.create_task(self._probe_forever(), name="probe"),
+            asyncio.create_task(self._requeue_forever(), name="requeue"),
+            asyncio.create_task(self.store.mark_produced_forever(), name="mark-produced"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.to_thread(self.producer.close)
+        await self.store.flush_produced()
+        await self.store.close()
+        await self.redis.close()
+
+    # --- POST /query -------------------------------------------------------------------------
+
+    async def query(self, body: bytes) -> tuple[str, Response]:
+        try:
+            request = parse_query(body, self.settings.api)
+        except BadInput as bad:
+            return "invalid", _error(bad.status, bad.code, bad.detail)
+        question_id = question_id_for(request.question)
+
+        cached = await self.redis.cached_answer(question_id)
+        if cached is not None:
+            return "cache_hit", _hit(cached, "cache")
+
+        claim = not self.producer.known_down
+        now = utcnow()
+        try:
+            lookup = await self.store.lookup_or_claim(
+                question_id, request.question, request.reference_answer, now, claim=claim
+            )
+        except DatabaseUnavailable as exc:
+            return "unavailable", _unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
+        if lookup.hit is not None:
+            await self.redis.fill_cache(lookup.hit, self.settings.redis.cache_ttl_seconds)
+            return "db_hit", _hit(lookup.hit, "database")
+        if not claim:
+            return "unavailable", _unavailable(
+                f"Kafka is unavailable ({self.producer.health.detail}); the question was not accepted, retry later"
+            )
+        if not lookup.claimed:
+            return await self._coalesce(question_id)
+        return await self._produce(question_id, request, now)
+
+    async def _coalesce(self, question_id: str) -> tuple[str, Response]:
+        """The question is already accepted: answer with its id once its produce is confirmed."""
+        pending = self._inflight.get(question_id)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except KafkaUnavailable as exc:
+                return "unavailable", _unavailable(f"{exc}; the question was not accepted, retry later")
+        return "coalesced", _accepted(question_id, coalesced=True)
+
+    async def _produce(self, question_id: str, request: QueryRequest, now: datetime) -> tuple[str, Response]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[question_id] = done
+        hop = Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name, at=now)
+        message = QuestionMessage(
+            question_id=question_id,
+            question=request.question,
+            reference_answer=request.reference_answer,
+            submitted_at=now,
+            timestamps={Stage.queued.value: now},
+            hops=[hop],
+        )
+        # Before producing: a consumer may record "generating" as soon as the message lands.
+        await self.redis.record_hop(question_id, hop)
+        started = time.perf_counter()
+        try:
+            await self.producer.send(message, question_id)
+        except KafkaUnavailable as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved here, so an unawaited future does not log a warning
+            await self._release(question_id, now)
+            return "unavailable", _unavailable(f"{exc}; the question was not accepted, retry later")
+        finally:
+            self._inflight.pop(question_id, None)
+        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        done.set_result(None)
+        self.store.mark_produced(question_id)
+        return "accepted", _accepted(question_id, coalesced=False)
+
+    async def _release(self, question_id: str, submitted_at: datetime) -> None:
+        """Undo an acceptance Kafka refused, so that asking again produces again."""
+        await self.redis.forget_status(question_id)
+        try:
+            await self.store.release(question_id, submitted_at)
+        except DatabaseUnavailable as exc:
+            # The row stays unconfirmed; the requeue sweep produces it once Kafka is back.
+            log.error("could not release %s after a failed produce (%s); it will be requeued", question_id, exc)
+
+    # --- GET /status/{id} --------------------------------------------------------------------
+
+    async def status(self, question_id: str) -> tuple[str, Response]:
+        live = await self.redis.live_status(question_id)
+        stored: StoredStatus | None = None
+        database_error: str | None = None
+        try:
+            stored = await self.store.status(question_id)
+        except DatabaseUnavailable as exc:
+            database_error = str(exc)
+        if stored is None and live is None:
+            if database_error is not None:
+                return "unavailable", _unavailable(f"PostgreSQL is unavailable ({database_error}) and Redis knows nothing of {question_id}")
+            return "not_found", _error(404, "not_found", f"no question with id {question_id}")
+        live_stage, hops = live if live is not None else (None, [])
+        state = _current_state(stored, live_stage)
+        payload: dict[str, Any] = {
+            "question_id": question_id,
+            "state": state.value,
+            "terminal": state in TERMINAL_STAGES,
+            "hops": [h.model_dump(mode="json", exclude_none=True) for h in hops],
+        }
+        if stored is not None:
+            payload.update(stored.public())
+            if not hops and stored.hops:
+                payload["hops"] = stored.hops
+        if database_error is not None:
+            payload["warning"] = f"PostgreSQL is unavailable ({database_error}); live state only"
+        elif not self.redis.ok:
+            payload["warning"] = "Redis is unavailable; hops of a question in flight are not shown"
+        return "found", _json(200, payload)
+
+    # --- GET /health -------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        kafka = self.producer.health
+        deps = {
+            "kafka": {"ok": kafka.ok, "detail": kafka.detail, "required": True},
+            "postgres": {"ok": self.store.ok, "detail": self.store.detail, "required": True},
+            "redis": {"ok": self.redis.ok, "detail": self.redis.detail, "required": False},
+        }
+        if not (kafka.ok and self.store.ok):
+            status, code = "unavailable", 503
+            missing = [name for name in ("kafka", "postgres") if not deps[name]["ok"]]
+            summary = f"not accepting questions: {', '.join(missing)} unavailable"
+        elif not self.redis.ok:
+            status, code, summary = "degraded", 200, "serving without the Redis cache and live status"
+        else:
+            status, code, summary = "ok", 200, "accepting questions"
+        return code, {"ok": code == 200, "status": status, "summary": summary, "dependencies": deps}
+
+    # --- background ----------------------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        await asyncio.gather(self.redis.probe(), self.store.probe())
+        for name, up in (("kafka", self.producer.health.ok), ("postgres", self.store.ok), ("redis", self.redis.ok)):
+            self.metrics.dependency_up.labels(name).set(1 if up else 0)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            try:
+                await self._probe()
+            except Exception:  # a probe must never kill the API
+                log.exception("dependency probe failed")
+
+    async def _requeue_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REQUEUE_AFTER_SECONDS / 3)
+            try:
+                await self.requeue_unconfirmed(REQUEUE_AFTER_SECONDS)
+            except Exception:
+                log.exception("requeue sweep failed")
+
+    async def requeue_unconfirmed(self, older_than_seconds: float) -> int:
+        """Produce again accepted questions whose produce was never confirmed; returns how many."""
+        if not (self.producer.health.ok and self.store.ok):
+            return 0
+        rows = await self.store.unconfirmed(older_than_seconds, exclude=set(self._inflight))
+        count = 0
+        for row in rows:
+            hop = Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name, note="requeued: first produce unconfirmed")
+            message = QuestionMessage(
+                question_id=row.question_id,
+                question=row.question,
+                reference_answer=row.reference_answer,
+                submitted_at=row.submitted_at,
+                timestamps={Stage.queued.value: row.submitted_at},
+                hops=[hop],
+            )
+            try:
+                await self.producer.send(message, row.question_id)
+            except KafkaUnavailable as exc:
+                log.warning("requeue of %s failed: %s", row.question_id, exc)
+                break
+            await self.redis.record_hop(row.question_id, hop)
+            self.store.mark_produced(row.question_id)
+            self.metrics.requeued.inc()
+            count += 1
+        if count:
+            log.warning("requeued %d accepted question(s) whose produce was never confirmed", count)
+        return count
+
+
+def _current_state(stored: StoredStatus | None, live: Stage | None) -> Stage:
+    """PostgreSQL's terminal state wins; otherwise the live stage; otherwise what was stored."""
+    if stored is not None and stored.state in TERMINAL_STAGES:
+        return stored.state
+    if live is not None and live not in TERMINAL_STAGES:
+        return live
+    if stored is not None:
+        return stored.state
+    # Redis says terminal but PostgreSQL has no row yet: the persister has not written it.
+    return live if live is not None else Stage.queued
+
+
+def make_app(settings: QactlSettings) -> FastAPI:
+    api = StorageApi(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await api.start()
+        try:
+            yield
+        finally:
+            await api.stop()
+
+    app = FastAPI(
+        title="qactl storage API",
+        version="1",
+        description="Accepts questions for the asynchronous LLM pipeline and answers from its store.",
+        lifespan=lifespan,
+    )
+    app.state.api = api
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_request: Request, exc: BodyTooLarge) -> Response:
+        api.metrics.observe("query", "too_large", 0.0)
+        return _error(413, "body_too_large", str(exc), {"Connection": "close"})
+
+    query_schema = QueryRequest.model_json_schema()
+
+    @app.post(
+        "/query",
+        summary="Ask a question",
+        status_code=202,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": query_schema}}}},
+        responses={
+            200: {"description": "Already answered: the stored answer, its score and state."},
+            202: {"description": "Accepted: follow it at status_url."},
+            400: {"description": "Body is empty, not UTF-8 or not JSON."},
+            413: {"description": "Body over the configured limit."},
+            422: {"description": "Fields missing, of the wrong type, empty or too long."},
+            503: {"description": "Kafka or PostgreSQL unavailable: nothing was accepted, retry."},
+        },
+    )
+    async def query(request: Request) -> Response:
+        started = time.perf_counter()
+        outcome, response = await api.query(await request.body())
+        api.metrics.observe("query", outcome, time.perf_counter() - started)
+        return response
+
+    @app.get(
+        "/status/{question_id}",
+        summary="Where a question is",
+        responses={404: {"description": "No such question."}},
+    )
+    async def status(question_id: str) -> Response:
+        started = time.perf_counter()
+        outcome, response = await api.status(question_id)
+        api.metrics.observe("status", outcome, time.perf_counter() - started)
+        return response
+
+    @app.get("/health", summary="Each dependency's state; 503 when questions cannot be accepted")
+    async def health() -> Response:
+        code, payload = api.health()
+        return _json(code, payload)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    return app

@@ -1,0 +1,148 @@
+"""One shared idempotent Kafka producer for the API, awaited per message from asyncio.
+
+``send`` returns when the broker has acknowledged the message (acks=all) and raises
+``KafkaUnavailable`` when it cannot be: the API answers 202 only for questions that are really
+in Kafka. A background thread serves the producer's delivery callbacks and, every second, asks
+the cluster for the topic through the same connection (no per-request or per-probe client): that
+is what ``/health`` reports and what lets ``POST /query`` refuse at once, without waiting for a
+timeout, while Kafka is known to be down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from pydantic import BaseModel
+
+from services.common.kafka import make_producer
+from services.common.schemas import encode
+from services.common.settings import QactlSettings
+
+log = logging.getLogger(__name__)
+
+# The producer gives up on a message after this long; the API answers 503 and the client retries.
+DELIVERY_TIMEOUT_MS = 5000
+
+
+class KafkaUnavailable(Exception):
+    """The message was not acknowledged by Kafka; nothing was accepted."""
+
+
+@dataclass
+class KafkaHealth:
+    ok: bool
+    detail: str
+    checked_at: float
+
+
+class AsyncProducer:
+    def __init__(self, settings: QactlSettings, topic: str, probe_interval: float = 1.0) -> None:
+        self._topic = topic
+        self._probe_interval = probe_interval
+        self._settings = settings
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self.health = KafkaHealth(False, "not checked yet", 0.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._producer = make_producer(
+            self._settings,
+            "storage-api",
+            **{
+                # Short linger: a 202 waits for its acknowledgement, so batching costs latency.
+                "linger.ms": 1,
+                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                "socket.connection.setup.timeout.ms": 2000,
+                "reconnect.backoff.max.ms": 1000,
+                "error_cb": self._on_error,
+                "logger": logging.getLogger("librdkafka"),
+            },
+        )
+        for name, target in (("kafka-poll", self._poll_forever), ("kafka-probe", self._probe_forever)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def known_down(self) -> bool:
+        return not self.health.ok and self.health.checked_at > 0
+
+    async def send(self, message: BaseModel, key: str) -> None:
+        """Produce ``message`` and wait for the broker's acknowledgement."""
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            loop.call_soon_threadsafe(_settle, future, err)
+
+        if self._producer is None:
+            raise KafkaUnavailable("Kafka producer not started")
+        try:
+            self._producer.produce(self._topic, value=encode(message), key=key.encode(), on_delivery=delivered)
+        except (BufferError, KafkaException) as exc:
+            raise KafkaUnavailable(f"Kafka producer refused the message: {exc}") from exc
+        await future
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return self._producer.flush(timeout) if self._producer is not None else 0
+
+    def close(self) -> None:
+        remaining = self.flush()
+        if remaining:
+            log.error("%d message(s) not acknowledged at shutdown", remaining)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=3)
+
+    def _poll_forever(self) -> None:
+        assert self._producer is not None
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _probe_forever(self) -> None:
+        while not self._stop.is_set():
+            self.probe()
+            self._stop.wait(self._probe_interval)
+
+    def probe(self) -> KafkaHealth:
+        """Ask the cluster for our topic's metadata; a missing topic counts as not ready."""
+        assert self._producer is not None
+        try:
+            metadata = self._producer.list_topics(self._topic, timeout=2.0)
+            topic = metadata.topics.get(self._topic)
+            if topic is None or topic.error is not None:
+                reason = topic.error.str() if topic is not None and topic.error else "missing"
+                self.health = KafkaHealth(False, f"topic {self._topic}: {reason}", time.monotonic())
+            elif not metadata.brokers:
+                self.health = KafkaHealth(False, "no broker reachable", time.monotonic())
+            else:
+                self.health = KafkaHealth(
+                    True, f"{len(metadata.brokers)} broker(s), {self._topic} has {len(topic.partitions)} partitions",
+                    time.monotonic(),
+                )
+        except KafkaException as exc:
+            self.health = KafkaHealth(False, f"unreachable: {exc.args[0].str() if exc.args else exc}", time.monotonic())
+        return self.health
+
+    def _on_error(self, err: KafkaError) -> None:
+        # A single dropped connection is routine (librdkafka reconnects); all brokers down is not.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
+            self.health = KafkaHealth(False, f"unreachable: {err.str()}", time.monotonic())
+        log.warning("kafka: %s", err.str())
+
+
+def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(KafkaUnavailable(f"Kafka did not acknowledge the message: {err.str()}"))

@@ -1,0 +1,251 @@
+"""The API's PostgreSQL access (asyncpg): stored answers and the ``questions`` ledger.
+
+The hot path is one round trip: a single statement looks for a stored answer and, when there is
+none, claims the question in ``questions`` (the first request for a question id inserts the row
+and is the one that produces; identical requests in flight find the row and coalesce). A
+question that failed earlier is claimed again (a new run); one whose produce was never
+confirmed for ``REQUEUE`` seconds too, so an API crash between insert and produce cannot leave a
+question stuck.
+
+Confirmations (``produced_at``) are written in batches off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.common.cache import CachedAnswer
+from services.common.schemas import Stage
+
+log = logging.getLogger(__name__)
+
+MARK_PRODUCED_EVERY = 0.05
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached or the schema is missing; nothing was stored."""
+
+
+@dataclass
+class Lookup:
+    hit: CachedAnswer | None
+    claimed: bool
+
+
+@dataclass
+class Unconfirmed:
+    question_id: str
+    question: str
+    reference_answer: str | None
+    submitted_at: datetime
+
+
+@dataclass
+class StoredStatus:
+    state: Stage
+    question: str
+    submitted_at: datetime | None
+    updated_at: datetime | None
+    terminal_at: datetime | None
+    answer: str | None
+    score: float | None
+    model: str | None
+    attempt: int | None
+    reason: str | None
+    hops: list[dict[str, Any]]
+
+    def public(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "question": self.question,
+            "submitted_at": self.submitted_at,
+            "updated_at": self.updated_at,
+            "terminal_at": self.terminal_at,
+        }
+        if self.answer is not None:
+            fields.update(answer=self.answer, score=self.score, model=self.model, attempt=self.attempt)
+        if self.reason is not None:
+            fields["reason"] = self.reason
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+LOOKUP_OR_CLAIM = """
+WITH hit AS (
+    SELECT r.question_id, r.question, r.answer, r.score, r.status, r.model, r.attempt, r.completed_at
+    FROM responses r WHERE r.question_id = $1
+), claimed AS (
+    INSERT INTO questions AS q (question_id, question, reference_answer, state, submitted_at, updated_at)
+    SELECT $1, $2, $3, 'queued', $4, $4
+    WHERE $5 AND NOT EXISTS (SELECT 1 FROM hit)
+    ON CONFLICT (question_id) DO UPDATE
+        SET question = EXCLUDED.question, reference_answer = EXCLUDED.reference_answer,
+            state = 'queued', submitted_at = EXCLUDED.submitted_at, updated_at = EXCLUDED.updated_at,
+            terminal_at = NULL, produced_at = NULL
+        WHERE q.state = 'failed'
+           OR (q.produced_at IS NULL AND q.terminal_at IS NULL AND q.updated_at < $4 - make_interval(secs => $6))
+    RETURNING q.question_id
+)
+SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, hit.*
+FROM (SELECT 1) AS one LEFT JOIN hit ON true
+"""
+
+STATUS = """
+SELECT q.state, q.question, q.submitted_at, q.updated_at, q.terminal_at,
+       r.answer, r.score, r.model, r.attempt, r.hops AS response_hops,
+       f.reason, f.hops AS failure_hops
+FROM (SELECT $1::text AS question_id) AS wanted
+LEFT JOIN questions q ON q.question_id = wanted.question_id
+LEFT JOIN responses r ON r.question_id = wanted.question_id
+LEFT JOIN LATERAL (
+    SELECT reason, hops FROM failed_questions WHERE question_id = wanted.question_id
+    ORDER BY failed_at DESC LIMIT 1
+) f ON true
+"""
+
+
+class QuestionStore:
+    def __init__(self, dsn: str, max_connections: int = 8, requeue_after_seconds: float = 30.0) -> None:
+        self._dsn = dsn
+        self._max = max_connections
+        self._requeue_after = requeue_after_seconds
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._produced: set[str] = set()
+        self.ok = False
+        self.detail = "not checked yet"
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=2, max_size=self._max, timeout=2.0, command_timeout=5.0,
+                    max_inactive_connection_lifetime=600, init=_init_connection,
+                )
+        return self._pool
+
+    async def _run(self, what: str, method: str, query: str, *args: Any) -> Any:
+        try:
+            pool = await self._get_pool()
+            return await getattr(pool, method)(query, *args)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+            self._down(f"{what}: {type(exc).__name__}: {exc}")
+            raise DatabaseUnavailable(self.detail) from exc
+
+    def _down(self, detail: str) -> None:
+        if self.ok:
+            log.warning("postgres unavailable: %s", detail)
+        self.ok = False
+        self.detail = detail
+
+    async def probe(self) -> bool:
+        try:
+            # The ledger's existence is part of health: without migrations nothing can be accepted.
+            await self._run("probe", "fetchval", "SELECT count(*) FROM questions WHERE false")
+        except DatabaseUnavailable:
+            return False
+        if not self.ok:
+            log.info("postgres is available")
+        self.ok, self.detail = True, "ok"
+        return True
+
+    async def lookup_or_claim(
+        self, question_id: str, question: str, reference: str | None, now: datetime, claim: bool
+    ) -> Lookup:
+        row = await self._run(
+            "lookup", "fetchrow", LOOKUP_OR_CLAIM, question_id, question, reference, now, claim, self._requeue_after
+        )
+        if row["question_id"] is not None:
+            hit = CachedAnswer(
+                question_id=row["question_id"], question=row["question"], answer=row["answer"],
+                score=row["score"], status=row["status"], model=row["model"], attempt=row["attempt"] or 0,
+                completed_at=row["completed_at"],
+            )
+            return Lookup(hit=hit, claimed=False)
+        return Lookup(hit=None, claimed=bool(row["claimed"]))
+
+    async def release(self, question_id: str, submitted_at: datetime) -> None:
+        """Delete a claim whose produce Kafka refused (only that claim: same submitted_at)."""
+        await self._run(
+            "release", "execute",
+            "DELETE FROM questions WHERE question_id = $1 AND submitted_at = $2 AND produced_at IS NULL",
+            question_id, submitted_at,
+        )
+
+    def mark_produced(self, question_id: str) -> None:
+        """Note that Kafka acknowledged the question; written by the next batch."""
+        self._produced.add(question_id)
+
+    async def flush_produced(self) -> None:
+        if not self._produced:
+            return
+        batch, self._produced = list(self._produced), set()
+        try:
+            await self._run(
+                "confirm", "execute",
+                "UPDATE questions SET produced_at = now() WHERE question_id = ANY($1::text[]) AND produced_at IS NULL",
+                batch,
+            )
+        except DatabaseUnavailable:
+            self._produced.update(batch)  # kept for the next batch
+
+    async def mark_produced_forever(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_PRODUCED_EVERY)
+            await self.flush_produced()
+
+    async def unconfirmed(self, older_than_seconds: float, exclude: set[str]) -> list[Unconfirmed]:
+        rows = await self._run(
+            "sweep", "fetch",
+            """SELECT question_id, question, reference_answer, submitted_at FROM questions
+               WHERE produced_at IS NULL AND terminal_at IS NULL
+                 AND updated_at < now() - make_interval(secs => $1)
+               ORDER BY submitted_at LIMIT 500""",
+            older_than_seconds,
+        )
+        pending = self._produced | exclude
+        return [
+            Unconfirmed(r["question_id"], r["question"], r["reference_answer"], r["submitted_at"])
+            for r in rows if r["question_id"] not in pending
+        ]
+
+    async def status(self, question_id: str) -> StoredStatus | None:
+        row = await self._run("status", "fetchrow", STATUS, question_id)
+        if row is None or (row["state"] is None and row["answer"] is None and row["reason"] is None):
+            return None
+        state = _stage(row["state"], row["answer"] is not None, row["reason"] is not None)
+        hops = row["response_hops"] or row["failure_hops"] or []
+        return StoredStatus(
+            state=state, question=row["question"], submitted_at=row["submitted_at"],
+            updated_at=row["updated_at"], terminal_at=row["terminal_at"], answer=row["answer"],
+            score=row["score"], model=row["model"], attempt=row["attempt"], reason=row["reason"],
+            hops=hops if isinstance(hops, list) else [],
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _stage(state: str | None, answered: bool, failed: bool) -> Stage:
+    if state is not None:
+        try:
+            return Stage(state)
+        except ValueError:
+            pass
+    if answered:
+        return Stage.validated
+    return Stage.failed if failed else Stage.queued
