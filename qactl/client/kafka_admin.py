@@ -1,0 +1,114 @@
+"""Kafka through the admin API: brokers, topics and partitions, end offsets, consumer lag."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+from qactl.errors import QactlError
+from services.common.topics import Topic
+
+
+class TopicMismatch(QactlError):
+    """A topic exists with another partition count than the one declared in topics.py."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    brokers: int
+    topics: dict[str, int]  # name -> partition count; internal topics (``__...``) left out
+
+
+def admin(bootstrap: str, timeout: float = 5.0) -> AdminClient:
+    # librdkafka would otherwise retry a dead broker forever and log to stderr while doing so.
+    return AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.timeout.ms": int(timeout * 1000),
+            "logger": _silent,
+        }
+    )
+
+
+def _quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("qactl.client.librdkafka")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+_silent = _quiet_logger()
+
+
+def cluster_info(bootstrap: str, timeout: float = 5.0, client: AdminClient | None = None) -> ClusterInfo:
+    metadata = (client or admin(bootstrap, timeout)).list_topics(timeout=timeout)
+    topics = {
+        name: len(meta.partitions)
+        for name, meta in metadata.topics.items()
+        if not name.startswith("__") and meta.error is None
+    }
+    return ClusterInfo(brokers=len(metadata.brokers), topics=topics)
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0) -> list[str]:
+    """Create the missing ``topics`` with their partition counts; return the names created.
+
+    Idempotent. A topic that exists with another partition count raises ``TopicMismatch``:
+    partitions cannot shrink and growing them would reshuffle keys, so the operator decides.
+    """
+    client = admin(bootstrap)
+    existing = cluster_info(bootstrap, timeout, client).topics
+    wanted = list(topics)
+    wrong = [
+        f"{t.name} has {existing[t.name]} partitions, expected {t.partitions}"
+        for t in wanted
+        if t.name in existing and existing[t.name] != t.partitions
+    ]
+    if wrong:
+        raise TopicMismatch(
+            "Kafka topics with the wrong partition count: " + "; ".join(wrong)
+            + ". Delete them (or `qactl down --purge` for a local stack) and run `qactl up` again."
+        )
+    missing = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1) for t in wanted if t.name not in existing]
+    if not missing:
+        return []
+    created: list[str] = []
+    for name, future in client.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent qactl made it
+                raise QactlError(f"cannot create Kafka topic {name}: {exc}") from exc
+    return created
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0) -> dict[int, int]:
+    """Partition -> offset of the next record to be written (the log end)."""
+    client = admin(bootstrap, timeout)
+    partitions = cluster_info(bootstrap, timeout, client).topics.get(topic)
+    if partitions is None:
+        raise QactlError(f"Kafka topic {topic} does not exist")
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
+    result = client.list_offsets(request, request_timeout=timeout)
+    return {tp.partition: future.result(timeout).offset for tp, future in result.items()}
+
+
+def consumer_group_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> records not yet committed by ``group``, for partitions it committed on."""
+    client = admin(bootstrap, timeout)
+    futures = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)
+    committed = futures[group].result(timeout).topic_partitions or []
+    committed = [tp for tp in committed if tp.offset >= 0]
+    if not committed:
+        return {}
+    request = {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in committed}
+    ends = {
+        (tp.topic, tp.partition): future.result(timeout).offset
+        for tp, future in client.list_offsets(request, request_timeout=timeout).items()
+    }
+    return {(tp.topic, tp.partition): max(0, ends[(tp.topic, tp.partition)] - tp.offset) for tp in committed}
