@@ -1,0 +1,293 @@
+"""The LLM clients of the llm-consumer: Ollama, OpenAI-compatible, and the built-in gateway.
+
+One interface, ``await backend.generate(prompt) -> LLMResult``; every failure is an
+``LLMCallError`` carrying the ``ErrorInfo`` that routes it:
+
+- 429, 503, other 5xx, timeouts, refused or broken connections -> ``overload``
+- 402, and a 429 whose body says ``insufficient_quota`` -> ``quota`` (billing errors must not
+  spin in the overload loop)
+- other 4xx -> ``client`` (unrecoverable: dead letter)
+
+``Retry-After`` (seconds or an HTTP date; OpenAI's ``retry-after-ms`` too) becomes
+``retry_after_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from services.common.schemas import ErrorInfo, ErrorKind
+from services.common.settings import QactlSettings
+
+# Sent by the built-in gateway, so that "auto" does not mistake it for a real Ollama.
+GATEWAY_HEADER = "x-qactl-gateway"
+QUOTA_CODES = frozenset({"insufficient_quota"})
+BackendKind = Literal["ollama", "openai", "gateway"]
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    answer: str
+    model: str
+    backend: str
+    latency_ms: float
+
+
+class LLMCallError(Exception):
+    """A failed LLM call, classified: ``info.kind`` says which path the question takes."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(f"{info.kind.value} ({info.status_code or 'no status'}): {info.message}")
+        self.info = info
+
+
+# --- classification (pure) ---
+
+
+def parse_retry_after(headers: httpx.Headers | dict[str, str], now: datetime | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP date) or ``retry-after-ms``."""
+    headers = httpx.Headers(headers)
+    value = headers.get("retry-after")
+    if value is not None:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            return None
+    return None
+
+
+def _error_fields(body: Any) -> tuple[str, set[str]]:
+    """(message, codes) of an error body, OpenAI's ``{"error": {...}}`` or Ollama's ``{"error": "..."}``."""
+    if not isinstance(body, dict):
+        return (str(body) if body else ""), set()
+    error = body.get("error", body)
+    codes = {str(body[k]) for k in ("code", "type") if body.get(k)}
+    if isinstance(error, dict):
+        codes |= {str(error[k]) for k in ("code", "type") if error.get(k)}
+        return str(error.get("message", "")), codes
+    return str(error), codes
+
+
+def classify(status: int, headers: httpx.Headers | dict[str, str], body: Any) -> ErrorInfo | None:
+    """None for a success; otherwise what went wrong and which path it takes."""
+    if 200 <= status < 300:
+        return None
+    message, codes = _error_fields(body)
+    if status == 402 or (status == 429 and codes & QUOTA_CODES):
+        kind = ErrorKind.quota
+    elif status == 429 or status >= 500:
+        kind = ErrorKind.overload
+    else:
+        kind = ErrorKind.client
+    return ErrorInfo(
+        kind=kind,
+        status_code=status,
+        message=(message or f"HTTP {status}")[:500],
+        retry_after_seconds=parse_retry_after(headers),
+    )
+
+
+# --- the backends ---
+
+
+class LLMBackend(ABC):
+    """An async LLM client; safe to share between concurrent calls on one event loop."""
+
+    name: str = "llm"
+
+    def __init__(self, base_url: str, model: str, timeout_seconds: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout_seconds = timeout_seconds
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} at {self.base_url} (model {self.model})"
+
+    @abstractmethod
+    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """(url, JSON body, headers) of one call."""
+
+    @abstractmethod
+    def _answer(self, body: Any) -> tuple[str, str | None]:
+        """(answer, model) out of a 200 body; raises KeyError/TypeError/ValueError if malformed."""
+
+    async def generate(self, prompt: str) -> LLMResult:
+        url, payload, headers = self._request(prompt)
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(url, json=payload, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise LLMCallError(
+                ErrorInfo(kind=ErrorKind.overload, message=f"timed out after {self.timeout_seconds:g} s ({type(exc).__name__})")
+            ) from exc
+        except httpx.TransportError as exc:
+            # Refused, reset or broken connections: the LLM is down or overwhelmed.
+            raise LLMCallError(ErrorInfo(kind=ErrorKind.overload, message=f"connection failed: {exc!r}"[:500])) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        body = _json_or_text(response)
+        error = classify(response.status_code, response.headers, body)
+        if error is not None:
+            raise LLMCallError(error)
+        try:
+            answer, model = self._answer(body)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            # A 200 without an answer: treat as a transient fault of the LLM, retried boundedly.
+            info = ErrorInfo(kind=ErrorKind.overload, status_code=response.status_code, message=f"malformed answer: {exc!r}"[:500])
+            raise LLMCallError(info) from exc
+        return LLMResult(answer=answer, model=model or self.model, backend=self.name, latency_ms=latency_ms)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> "LLMBackend":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+class OllamaBackend(LLMBackend):
+    """Ollama's ``POST /api/generate`` with ``stream: false``."""
+
+    name = "ollama"
+
+    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+        return f"{self.base_url}/api/generate", {"model": self.model, "prompt": prompt, "stream": False}, {}
+
+    def _answer(self, body: Any) -> tuple[str, str | None]:
+        if "error" in body:
+            raise ValueError(f"error in a 200 body: {body['error']}")
+        return str(body["response"]), body.get("model")
+
+
+class GatewayBackend(OllamaBackend):
+    """The built-in gateway, spoken to in the Ollama protocol."""
+
+    name = "gateway"
+
+
+class OpenAIBackend(LLMBackend):
+    """An OpenAI-compatible ``POST {base_url}/chat/completions`` (base URL ends in ``/v1``)."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, timeout_seconds: float, api_key: SecretStr | None = None) -> None:
+        super().__init__(base_url, model, timeout_seconds)
+        self._api_key = api_key
+
+    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
+        payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "stream": False}
+        return f"{self.base_url}/chat/completions", payload, headers
+
+    def _answer(self, body: Any) -> tuple[str, str | None]:
+        content = body["choices"][0]["message"]["content"]
+        if content is None:
+            raise ValueError("choice without content")
+        return str(content), body.get("model")
+
+
+# --- choosing one ---
+
+
+@dataclass(frozen=True)
+class OllamaProbe:
+    """What a short ``GET /api/tags`` at the Ollama URL found."""
+
+    answered: bool
+    is_gateway: bool = False
+    models: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def probe_ollama(url: str, timeout_seconds: float = 1.0) -> OllamaProbe:
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=timeout_seconds)
+        response.raise_for_status()
+        body = response.json()
+        models = tuple(str(m.get("model") or m.get("name")) for m in body.get("models", []))
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+        return OllamaProbe(answered=False, detail=f"{type(exc).__name__}")
+    return OllamaProbe(answered=True, is_gateway=GATEWAY_HEADER in response.headers, models=models)
+
+
+def _ollama_model(wanted: str, available: tuple[str, ...]) -> str | None:
+    """The configured model if the Ollama has it (with or without ``:latest``), else its first."""
+    for name in available:
+        if name == wanted or name == f"{wanted}:latest":
+            return name
+    return available[0] if available else None
+
+
+def _auto(settings: QactlSettings, probe_timeout: float) -> tuple[BackendKind, str, str, str]:
+    """(kind, base URL, model, why) for backend "auto"."""
+    llm, gateway = settings.llm, settings.gateway
+    probe = probe_ollama(llm.ollama_url, probe_timeout)
+    if probe.answered and not probe.is_gateway:
+        model = _ollama_model(llm.model, probe.models)
+        if model is not None:
+            return "ollama", llm.ollama_url, model, "auto: Ollama answered"
+        return "gateway", gateway.base_url, llm.model, f"auto: Ollama at {llm.ollama_url} has no model"
+    if probe.answered:
+        return "gateway", llm.ollama_url, llm.model, "auto: the built-in gateway answered at the Ollama URL"
+    return "gateway", gateway.base_url, llm.model, f"auto: no Ollama at {llm.ollama_url}"
+
+
+def resolve_backend_kind(settings: QactlSettings, probe_timeout: float = 1.0) -> BackendKind:
+    """Which kind of backend the consumers will use (``auto`` probes Ollama)."""
+    if settings.llm.backend != "auto":
+        return settings.llm.backend
+    return _auto(settings, probe_timeout)[0]
+
+
+def choose_backend(settings: QactlSettings, probe_timeout: float = 1.0) -> tuple[LLMBackend, str]:
+    """The backend of the settings, and a one-line description for logs and ``qactl status``."""
+    llm = settings.llm
+    backend: LLMBackend
+    if llm.backend == "openai":
+        backend = OpenAIBackend(llm.openai_base_url, llm.model, llm.timeout_seconds, llm.openai_api_key)
+        return backend, backend.description
+    if llm.backend == "ollama":
+        backend = OllamaBackend(llm.ollama_url, llm.model, llm.timeout_seconds)
+        return backend, backend.description
+    if llm.backend == "gateway":
+        backend = GatewayBackend(settings.gateway.base_url, llm.model, llm.timeout_seconds)
+        return backend, backend.description
+    kind, url, model, why = _auto(settings, probe_timeout)
+    backend = (OllamaBackend if kind == "ollama" else GatewayBackend)(url, model, llm.timeout_seconds)
+    return backend, f"{backend.description} [{why}]"

@@ -1,0 +1,1 @@
+"""The built-in LLM: Ollama- and OpenAI-compatible, deterministic, with fault injection."""
