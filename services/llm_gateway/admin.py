@@ -45,7 +45,7 @@ async def add_faults(request: Request) -> dict[str, list[ActiveRule]]:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid fault rule: {problems}") from None
+        raise HTTPException(422, f"invalid fault rule: {problems}") from None
     book = request.app.state.gateway.faults
     added = [book.add(rule) for rule in rules]
     return {"rules": added}
