@@ -135,7 +135,7 @@ class Supervisor:
         log = open(self.log_file(spec.name), "ab", buffering=0)
         log.write(f"\n--- qactl starting {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
         env = {**os.environ, **spec.env}
-        demote = _demote(spec.run_as)
+        demote = demote_fn(spec.run_as)
         try:
             proc = subprocess.Popen(
                 list(spec.argv),
@@ -247,7 +247,7 @@ def _group_alive(pid: int) -> bool:
     return False
 
 
-def _demote(user: str | None) -> Callable[[], None] | None:
+def demote_fn(user: str | None) -> Callable[[], None] | None:
     """Drop to ``user`` in the child when qactl runs as root (initdb and postgres refuse root)."""
     if user is None or os.geteuid() != 0:
         return None

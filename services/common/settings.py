@@ -90,6 +90,9 @@ class FlinkSettings(BaseModel):
     jobmanager_process_mb: int = 1024
     taskmanager_process_mb: int = 2560
     connector_version: str = "5.0.0-2.2"
+    extra_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="More Flink config.yaml keys (flat), written as given."
+    )
 
     @property
     def external(self) -> bool:

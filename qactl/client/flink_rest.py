@@ -1,0 +1,94 @@
+"""Flink's REST API: cluster overview, task managers, jobs, job details, cancel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"})
+
+
+@dataclass(frozen=True)
+class Overview:
+    taskmanagers: int
+    slots_total: int
+    slots_available: int
+    jobs_running: int
+    jobs_finished: int
+    jobs_cancelled: int
+    jobs_failed: int
+    flink_version: str
+
+
+@dataclass(frozen=True)
+class TaskManager:
+    id: str
+    slots_total: int
+    slots_free: int
+    data_port: int
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    jid: str
+    name: str
+    state: str
+    start_time: int  # epoch ms
+    duration_ms: int
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+class FlinkRest:
+    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def overview(self) -> Overview:
+        raw = self._request("GET", "/overview")
+        return Overview(
+            taskmanagers=raw["taskmanagers"],
+            slots_total=raw["slots-total"],
+            slots_available=raw["slots-available"],
+            jobs_running=raw["jobs-running"],
+            jobs_finished=raw["jobs-finished"],
+            jobs_cancelled=raw["jobs-cancelled"],
+            jobs_failed=raw["jobs-failed"],
+            flink_version=raw.get("flink-version", ""),
+        )
+
+    def taskmanagers(self) -> list[TaskManager]:
+        raw = self._request("GET", "/taskmanagers")
+        return [
+            TaskManager(tm["id"], tm["slotsNumber"], tm["freeSlots"], tm.get("dataPort", 0))
+            for tm in raw.get("taskmanagers", [])
+        ]
+
+    def jobs(self) -> list[JobSummary]:
+        raw = self._request("GET", "/jobs/overview")
+        return [
+            JobSummary(j["jid"], j["name"], j["state"], j.get("start-time", 0), j.get("duration", 0))
+            for j in raw.get("jobs", [])
+        ]
+
+    def running_jobs(self, name: str | None = None) -> list[JobSummary]:
+        return [j for j in self.jobs() if j.active and (name is None or j.name == name)]
+
+    def job(self, jid: str) -> dict[str, Any]:
+        """The full job detail (vertices with their status and metrics) as Flink returns it."""
+        return self._request("GET", f"/jobs/{jid}")
+
+    def job_exceptions(self, jid: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{jid}/exceptions")
+
+    def cancel(self, jid: str) -> None:
+        self._request("PATCH", f"/jobs/{jid}", params={"mode": "cancel"})

@@ -1,0 +1,305 @@
+"""Flink standalone session cluster from PyFlink's bundled distribution.
+
+PyFlink's wheel carries a Flink distribution (``bin/``, ``lib/``, ``opt/``, ``conf/``). qactl
+runs its ``jobmanager.sh`` and ``taskmanager.sh`` in the foreground under the supervisor with:
+
+- ``FLINK_CONF_DIR`` = ``state_dir/flink/conf`` (our ``config.yaml`` and a console-only log4j),
+- ``FLINK_LIB_DIR``  = ``state_dir/flink/lib``: links to the bundled ``lib/*.jar`` plus the
+  Kafka SQL connector resolved by Maven, so the connector is on the cluster's and the CLI's
+  classpath and jobs need no ``pipeline.jars``,
+- ``FLINK_LOG_DIR``  = ``state_dir/logs``.
+
+Jobs are submitted with ``flink_cli()`` and ``flink_env()`` (see ``submit_argv``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qactl.client.flink_rest import FlinkRest
+from qactl.errors import PrerequisiteError
+from qactl.runtime import maven
+from qactl.runtime.component import Component, Report
+from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor
+from services.common.settings import QactlSettings
+
+JOBMANAGER = "flink-jobmanager"
+TASKMANAGER = "flink-taskmanager"
+
+
+def flink_home() -> Path:
+    """The Flink distribution inside the installed ``pyflink`` package."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise PrerequisiteError("PyFlink is not installed in this Python: pip install 'apache-flink==2.2.*'")
+    home = Path(spec.origin).parent
+    if not (home / "bin" / "jobmanager.sh").exists() or not list((home / "lib").glob("flink-dist*.jar")):
+        raise PrerequisiteError(f"PyFlink at {home} has no Flink distribution (bin/, lib/); reinstall apache-flink")
+    return home
+
+
+def base(settings: QactlSettings) -> Path:
+    return settings.state_dir / "flink"
+
+
+def conf_dir(settings: QactlSettings) -> Path:
+    return base(settings) / "conf"
+
+
+def lib_dir(settings: QactlSettings) -> Path:
+    return base(settings) / "lib"
+
+
+def connectors_dir(settings: QactlSettings) -> Path:
+    return settings.cache_dir / f"flink-connectors-{settings.flink.connector_version}"
+
+
+def flink_connector_jar(settings: QactlSettings) -> Path:
+    """The ``flink-sql-connector-kafka`` jar in the cache (resolved by ``provision``)."""
+    return connectors_dir(settings) / f"flink-sql-connector-kafka-{settings.flink.connector_version}.jar"
+
+
+def flink_python_jar() -> Path:
+    found = sorted((flink_home() / "opt").glob("flink-python*.jar"))
+    if not found:
+        raise PrerequisiteError(f"no flink-python jar in {flink_home() / 'opt'}; reinstall apache-flink")
+    return found[0]
+
+
+def flink_cli() -> Path:
+    """The ``flink`` command-line script (``flink run -py job.py`` submits a PyFlink job)."""
+    return flink_home() / "bin" / "flink"
+
+
+def python_executable() -> str:
+    """The Python that has PyFlink (qactl's venv): Flink's Python workers must use it too."""
+    return sys.executable
+
+
+def flink_env(settings: QactlSettings) -> dict[str, str]:
+    """Environment for the Flink scripts (cluster and CLI) to use our config, libs and logs."""
+    return {
+        "FLINK_HOME": str(flink_home()),
+        "FLINK_CONF_DIR": str(conf_dir(settings)),
+        "FLINK_LIB_DIR": str(lib_dir(settings)),
+        "FLINK_LOG_DIR": str(settings.log_dir),
+        "PYFLINK_CLIENT_EXECUTABLE": python_executable(),
+        # The bundled scripts take the JVM from JAVA_HOME when set, else `java` on PATH.
+        **({"JAVA_HOME": os.environ["JAVA_HOME"]} if "JAVA_HOME" in os.environ else {}),
+    }
+
+
+def submit_argv(settings: QactlSettings, script: Path, *job_args: str, detached: bool = True) -> list[str]:
+    """``flink run`` of a PyFlink script against this cluster; run it with ``flink_env``."""
+    argv = [str(flink_cli()), "run", "-m", rest_address(settings)]
+    if detached:
+        argv.append("-d")
+    argv += ["-py", str(script)]
+    if script.parent.is_dir():
+        argv += ["-pyfs", str(script.parent)]
+    return [*argv, *job_args]
+
+
+def rest_address(settings: QactlSettings) -> str:
+    return settings.flink.rest.removeprefix("http://").removeprefix("https://")
+
+
+def resolve_connector(settings: QactlSettings, report: Report = lambda _: None) -> bool:
+    """The Kafka connector jar in the cache; True if Maven had to run."""
+    return maven.copy_dependencies(
+        maven.asset("flink", "pom.xml"),
+        connectors_dir(settings),
+        {"flink.connector.kafka.version": settings.flink.connector_version},
+        report,
+    )
+
+
+def cluster_config(settings: QactlSettings) -> dict[str, Any]:
+    """config.yaml as flat keys: the bundled defaults (its JVM --add-opens) plus ours."""
+    f = settings.flink
+    bundled = yaml.safe_load((flink_home() / "conf" / "config.yaml").read_text()) or {}
+    java_opts = bundled.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
+    b = base(settings)
+    config: dict[str, Any] = {
+        "env.java.opts.all": java_opts,
+        "env.pid.dir": str(b / "run"),
+        "env.log.dir": str(settings.log_dir),
+        "io.tmp.dirs": str(b / "tmp"),
+        "web.tmpdir": str(b / "web"),
+        "jobmanager.rpc.address": f.host,
+        "jobmanager.rpc.port": f.rpc_port,
+        "jobmanager.bind-host": f.host,
+        "jobmanager.memory.process.size": f"{f.jobmanager_process_mb}m",
+        "jobmanager.execution.failover-strategy": "region",
+        "taskmanager.host": f.host,
+        "taskmanager.bind-host": f.host,
+        "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
+        "taskmanager.memory.process.size": f"{f.taskmanager_process_mb}m",
+        # Ports other than REST and JobManager RPC are picked by the OS, so two stacks never clash.
+        "taskmanager.rpc.port": "0",
+        "taskmanager.data.port": 0,
+        "blob.server.port": "0",
+        "metrics.internal.query-service.port": "0",
+        "rest.address": f.host,
+        "rest.bind-address": f.host,
+        "rest.port": f.rest_port,
+        "parallelism.default": 1,
+        # A killed task manager is noticed in 20 s rather than 50 s.
+        "heartbeat.timeout": 20000,
+        "execution.checkpointing.dir": (b / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": (b / "savepoints").as_uri(),
+        "python.executable": python_executable(),
+        "python.client.executable": python_executable(),
+    }
+    config.update(f.extra_config)
+    return config
+
+
+LOG4J_CONSOLE = """\
+# Console only: the qactl supervisor writes stdout to state_dir/logs/<process>.log.
+monitorInterval = 30
+rootLogger.level = INFO
+rootLogger.appenderRef.console.ref = ConsoleAppender
+logger.pekko.name = org.apache.pekko
+logger.pekko.level = WARN
+logger.kafka.name = org.apache.kafka
+logger.kafka.level = WARN
+logger.netty.name = org.jboss.netty.channel.DefaultChannelPipeline
+logger.netty.level = OFF
+appender.console.name = ConsoleAppender
+appender.console.type = CONSOLE
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
+"""
+
+
+def write_config(settings: QactlSettings) -> None:
+    conf = conf_dir(settings)
+    conf.mkdir(parents=True, exist_ok=True)
+    for name in ("run", "tmp", "web", "checkpoints", "savepoints"):
+        (base(settings) / name).mkdir(parents=True, exist_ok=True)
+    for bundled in (flink_home() / "conf").iterdir():
+        if bundled.is_file() and bundled.name not in ("config.yaml", "log4j-console.properties"):
+            shutil.copyfile(bundled, conf / bundled.name)
+    (conf / "log4j-console.properties").write_text(LOG4J_CONSOLE)
+    (conf / "config.yaml").write_text(yaml.safe_dump(cluster_config(settings), sort_keys=True, width=10_000))
+
+
+def link_libs(settings: QactlSettings) -> None:
+    """Our lib dir: the distribution's jars plus the connector, as symlinks (rebuilt each time)."""
+    lib = lib_dir(settings)
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True)
+    for jar in [*sorted((flink_home() / "lib").glob("*.jar")), flink_connector_jar(settings)]:
+        (lib / jar.name).symlink_to(jar)
+
+
+def provision(settings: QactlSettings, report: Report) -> None:
+    if shutil.which("java") is None:
+        raise PrerequisiteError("Java 17+ is not installed: apt-get install -y openjdk-17-jre-headless")
+    resolve_connector(settings, report)
+    write_config(settings)
+    link_libs(settings)
+
+
+def _script(name: str) -> list[str]:
+    try:
+        return ["bash", str(flink_home() / "bin" / name), "start-foreground"]
+    except PrerequisiteError:
+        return ["false"]  # `qactl status` and `down` must work without PyFlink; start would fail
+
+
+def _env(settings: QactlSettings) -> dict[str, str]:
+    try:
+        return flink_env(settings)
+    except PrerequisiteError:
+        return {}
+
+
+def rest(settings: QactlSettings) -> FlinkRest:
+    return FlinkRest(settings.flink.rest, timeout=3.0)
+
+
+def jobmanager_health(settings: QactlSettings) -> Health:
+    overview = rest(settings).overview()
+    return Health(True, f"REST up, Flink {overview.flink_version}")
+
+
+def taskmanager_health(settings: QactlSettings) -> Health:
+    count = len(rest(settings).taskmanagers())
+    return Health(count >= 1, f"{count} task manager(s) registered")
+
+
+def processes(settings: QactlSettings) -> list[ProcessSpec]:
+    f = settings.flink
+    env = _env(settings)
+    return [
+        ProcessSpec(
+            name=JOBMANAGER,
+            argv=_script("jobmanager.sh"),
+            ports=(
+                Port(f.rest_port, "QACTL_FLINK__REST_PORT", f.host),
+                Port(f.rpc_port, "QACTL_FLINK__RPC_PORT", f.host),
+            ),
+            env=env,
+            cwd=base(settings),
+            start_timeout=120.0,
+            health=lambda: jobmanager_health(settings),
+        ),
+        ProcessSpec(
+            name=TASKMANAGER,
+            argv=_script("taskmanager.sh"),
+            env=env,
+            cwd=base(settings),
+            start_timeout=120.0,
+            health=lambda: taskmanager_health(settings),
+        ),
+    ]
+
+
+def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Health:
+    """Task managers registered, free slots and running jobs, from REST /overview."""
+    if supervisor is not None:
+        down = [name for name in (JOBMANAGER, TASKMANAGER) if not supervisor.is_running(name)]
+        if down:
+            return Health(False, f"not running: {', '.join(down)}")
+    try:
+        overview = rest(settings).overview()
+    except Exception as exc:
+        return Health(False, f"REST unreachable at {settings.flink.rest}: {exc}")
+    data = {
+        "taskmanagers": overview.taskmanagers,
+        "slots_total": overview.slots_total,
+        "slots_available": overview.slots_available,
+        "jobs_running": overview.jobs_running,
+        "flink_version": overview.flink_version,
+    }
+    detail = (
+        f"{overview.taskmanagers} task manager(s), {overview.slots_available}/{overview.slots_total} "
+        f"slots free, {overview.jobs_running} job(s) running"
+    )
+    return Health(overview.taskmanagers >= 1, detail, data)
+
+
+def components(settings: QactlSettings) -> list[Component]:
+    f = settings.flink
+    if f.external:
+        return [Component(name="flink", health=lambda: health(settings), external=True, endpoint=f.rest)]
+    supervisor = Supervisor(settings)
+    return [
+        Component(
+            name="flink",
+            health=lambda: health(settings, supervisor),
+            processes=lambda: processes(settings),
+            provision=lambda report: provision(settings, report),
+            endpoint=f.rest,
+        )
+    ]
