@@ -81,6 +81,8 @@ class QactlWatchApp(App[None]):
         self.actions = actions
         self.paused = False
         self.polls = 0  # finished polls, for tests and the bench
+        # After a failed poll, wait longer so a broken source is not hammered, but keep trying.
+        self.error_backoff_seconds = min(30.0, max(5.0, 2 * refresh_seconds))
         self._timer: Timer | None = None
 
     def on_mount(self) -> None:
@@ -112,8 +114,7 @@ class QactlWatchApp(App[None]):
             elif event.state == WorkerState.ERROR:
                 self.polls += 1
                 self.notify(f"poll failed: {worker.error}", severity="error", timeout=4)
-                # Back off so a broken source is not hammered, but keep trying.
-                self._arm(min(30.0, max(5.0, 2 * self.refresh_seconds)))
+                self._arm(self.error_backoff_seconds)
         elif worker.group == "action" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             if event.state == WorkerState.SUCCESS:
                 self.notify(str(worker.result), title=worker.name, timeout=6)

@@ -378,20 +378,20 @@ def journey(j: Journey, threshold: float, width: int = 78) -> RenderableType:
 
 
 def hop_detail(hop: Hop, threshold: float) -> Text:
-    parts = Text()
+    """What happened at a hop, most telling first: error, delay, score, then the wording."""
+    parts: list[Text] = []
     if hop.error is not None:
         code = f" {hop.error.status_code}" if hop.error.status_code else ""
-        parts.append(f"{hop.error.kind.value}{code}", style="red")
-        if hop.error.message:
-            parts.append(f" {hop.error.message}", style="red dim")
+        parts.append(Text(f"{hop.error.kind.value}{code}", style="red"))
     if hop.delay_seconds is not None:
-        parts.append(f"{' ' if parts else ''}delay {seconds(hop.delay_seconds)}", style="yellow")
+        parts.append(Text(f"delay {seconds(hop.delay_seconds)}", style="yellow"))
     if hop.score is not None:
-        verdict = ">" if hop.score > threshold else "≤"
+        above = hop.score > threshold
         parts.append(
-            f"{' ' if parts else ''}score {hop.score:.3f} {verdict} {threshold:g}",
-            style="green" if hop.score > threshold else "red",
+            Text(f"score {hop.score:.3f} {'>' if above else '≤'} {threshold:g}", style="green" if above else "red")
         )
+    if hop.error is not None and hop.error.message:
+        parts.append(Text(hop.error.message, style="red dim"))
     if hop.note:
-        parts.append(f"{' ' if parts else ''}{hop.note}", style="dim")
-    return parts
+        parts.append(Text(hop.note, style="dim"))
+    return Text(" ").join(parts)

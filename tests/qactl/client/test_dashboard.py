@@ -1,0 +1,169 @@
+"""The dashboard's data layer: rates, bins, retries, and a source that survives dead backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from qactl.client.dashboard import (
+    DashboardSource,
+    FlowTracker,
+    GroupLag,
+    QuestionRow,
+    RegenerationOutcomes,
+    ScoreHistogram,
+    histogram,
+    retries_from_delay_topics,
+    score_edges,
+)
+from services.common.schemas import Hop, Stage
+from services.common.settings import load_settings
+from tests.qactl.tui.recorded import T0
+
+
+def test_flow_tracker_turns_offsets_into_rates_and_history():
+    flow = FlowTracker(history=3)
+    first = flow.update({"a": 100, "b": 5}, now=10.0, kinds={"b": "delay"})
+    assert [f.rate for f in first] == [None, None]
+    assert first[1].kind == "delay"
+    flow.update({"a": 120, "b": 5}, now=12.0, kinds={})
+    flow.update({"a": 150, "b": 6}, now=13.0, kinds={})
+    flow.update({"a": 150, "b": 6}, now=14.0, kinds={})
+    last = flow.update({"a": 10, "b": 6}, now=15.0, kinds={})  # topic recreated: offsets restart
+    a = last[0]
+    assert a.end_offset == 10
+    assert a.rate == 0.0
+    assert a.history == (30.0, 0.0, 0.0)  # only the last three of 10, 30, 0, 0
+
+
+def test_score_edges_put_the_threshold_on_an_edge():
+    for threshold in (0.75, 0.8, 0.62):
+        edges = score_edges(threshold)
+        assert any(abs(e - threshold) < 1e-9 for e in edges)
+        assert edges[0] <= 0.0 + 0.05 and edges[-1] >= 1.0 - 0.05
+
+
+def test_histogram_keeps_out_of_range_scores():
+    hist = histogram([-0.2, 1.3, 0.5], score_edges(0.75), 0.75)
+    assert hist.total == 3
+    assert hist.counts[0] == 1 and hist.counts[-1] == 1
+
+
+def test_retries_come_from_the_delay_topics_with_the_policy_delays():
+    settings = load_settings(policies={"delay_scale": 0.5})
+    offsets = {"retry-overload-delay-0": 7, "retry-overload-delay-1": 3, "retry-overload-delay-2": 1,
+               "retry-quota-delay": 4, "questions-pending": 99}
+    buckets = retries_from_delay_topics(offsets, settings)
+    assert [(b.kind, b.attempt, b.count, b.delay_seconds) for b in buckets] == [
+        ("overload", 1, 7, 0.5),
+        ("overload", 2, 3, 1.0),
+        ("overload", 3, 1, 2.0),
+        ("quota", None, 4, 30.0),
+    ]
+
+
+class Offsets:
+    """A Kafka probe answering from a script of end offsets, one dict per poll."""
+
+    def __init__(self, script: list[dict[str, int]]) -> None:
+        self.script = script
+        self.asked: list[Sequence[str]] = []
+
+    def end_offsets(self, topics: Sequence[str]):
+        self.asked.append(topics)
+        return self.script.pop(0)
+
+    def group_lags(self):
+        return [GroupLag("llm-consumer", "questions-pending", 4)]
+
+
+class Broken:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str):
+        def fail(*args, **kwargs):
+            raise ConnectionError(self.message)
+
+        return fail
+
+
+class Quality:
+    def __init__(self) -> None:
+        self.question_lookups: list[list[str]] = []
+
+    def score_histogram(self, edges, threshold):
+        return ScoreHistogram(tuple(edges), tuple([0] * (len(edges) - 1)), threshold)
+
+    def regeneration_outcomes(self):
+        return RegenerationOutcomes({0: 3})
+
+    def questions(self, ids):
+        self.question_lookups.append(list(ids))
+        return {qid: f"text of {qid}" for qid in ids if qid != "q-unknown"}
+
+
+class Live:
+    def recent_questions(self, limit):
+        return [QuestionRow("q-1", Stage.generating, T0), QuestionRow("q-unknown", Stage.queued, T0)]
+
+    def hops(self, question_id):
+        return [Hop(stage=Stage.queued, at=T0), Hop(stage=Stage.validated, at=T0, score=0.9)]
+
+
+def test_source_computes_rates_across_polls():
+    clock = iter([0.0, 0.0, 0.01, 2.0, 2.0, 2.01])
+    kafka = Offsets([{"questions-pending": 10}, {"questions-pending": 30}])
+    source = DashboardSource(load_settings(), kafka=kafka, clock=lambda: next(clock))
+    assert source.snapshot().topics[0].rate is None
+    second = source.snapshot()
+    assert second.topics[0].rate == pytest.approx(10.0)
+    assert "retry-quota-delay" in kafka.asked[0]  # delay topics are asked for too
+    assert second.lags[0].lag == 4
+
+
+def test_a_dead_backend_leaves_its_part_empty_and_says_why():
+    source = DashboardSource(
+        load_settings(),
+        kafka=Broken("broker unreachable"),
+        quality=Quality(),
+        live=Live(),
+        health=lambda: (_ for _ in ()).throw(OSError("probe timed out")),
+    )
+    snap = source.snapshot()
+    assert snap.topics == () and "broker unreachable" in snap.errors["kafka"]
+    assert "probe timed out" in snap.errors["health"]
+    assert snap.regenerations == RegenerationOutcomes({0: 3})  # the rest still arrives
+    assert [q.question_id for q in snap.questions] == ["q-1", "q-unknown"]
+
+
+def test_question_text_is_looked_up_once_per_id():
+    quality = Quality()
+    source = DashboardSource(load_settings(), quality=quality, live=Live())
+    first = source.snapshot()
+    source.snapshot()
+    assert first.questions[0].question == "text of q-1"
+    assert first.questions[1].question is None
+    # q-1 is known after the first poll; only the id PostgreSQL did not know is asked again.
+    assert quality.question_lookups == [["q-1", "q-unknown"], ["q-unknown"]]
+
+
+def test_health_is_probed_every_few_polls_and_kept_in_between():
+    calls = []
+
+    def health():
+        calls.append(1)
+        from qactl.client.dashboard import ComponentRow
+
+        return [ComponentRow("kafka", "infra", True, "ok")]
+
+    source = DashboardSource(load_settings(), health=health, health_every=3)
+    snaps = [source.snapshot() for _ in range(4)]
+    assert len(calls) == 2  # polls 0 and 3
+    assert all(s.components[0].name == "kafka" for s in snaps)
+
+
+def test_journey_comes_from_the_live_probe():
+    journey = DashboardSource(load_settings(), live=Live()).journey("q-1")
+    assert journey.stage == Stage.validated and len(journey.hops) == 2
