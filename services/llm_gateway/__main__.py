@@ -2,14 +2,15 @@
 
 uvicorn's own SIGTERM/SIGINT handlers only set its exit flag; it then stops accepting, lets
 calls in flight finish (at most a few seconds: a stalled timeout fault is cut short) and
-runs the lifespan shutdown, which closes the upstream client.
+runs the lifespan shutdown, which closes the upstream client. It then re-raises the signal to
+the handlers it found, which are ours: they only set a flag, so the process exits 0.
 """
 
 from __future__ import annotations
 
 import uvicorn
 
-from services.common.runner import setup_logging
+from services.common.runner import install_stop_handlers, setup_logging
 from services.common.settings import get_settings
 from services.llm_gateway.app import create_app
 
@@ -17,6 +18,7 @@ from services.llm_gateway.app import create_app
 def main() -> int:
     settings = get_settings()
     log = setup_logging("llm-gateway")
+    install_stop_handlers()
     gateway = settings.gateway
     app = create_app(
         gateway,

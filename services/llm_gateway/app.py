@@ -157,8 +157,8 @@ def _add_llm_routes(app: FastAPI, state: GatewayState) -> None:
         if isinstance(body, Response):
             state.record("chat", None, "bad_request", time.perf_counter())
             return body
-        question = parse_prompt(body.last_user_text()).question
-        return await _call(state, request, raw, "chat", body.model, question, body.transcript(), body.stream)
+        prompt = body.last_user_text()  # as /api/generate: the same prompt gets the same answer
+        return await _call(state, request, raw, "chat", body.model, parse_prompt(prompt).question, prompt, body.stream)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -167,8 +167,8 @@ def _add_llm_routes(app: FastAPI, state: GatewayState) -> None:
         if isinstance(body, Response):
             state.record("openai", None, "bad_request", time.perf_counter())
             return body
-        question = parse_prompt(body.last_user_text()).question
-        return await _call(state, request, raw, "openai", body.model, question, body.transcript(), body.stream)
+        prompt = body.last_user_text()
+        return await _call(state, request, raw, "openai", body.model, parse_prompt(prompt).question, prompt, body.stream)
 
 
 def _parse(model: type[R], raw: bytes, proto: protocol.Protocol) -> R | Response:
@@ -200,23 +200,23 @@ async def _call(
         state.record(endpoint, question, rule.kind, started)
         return JSONResponse(body, status_code=status, headers=headers)
     if rule is not None and rule.kind == "timeout":
-        # Stall past the client's timeout, then answer as if nothing happened.
+        # Counted now: the client gives up long before the stall ends. Then answer normally.
+        state.record(endpoint, question, "timeout", started)
         await asyncio.sleep(rule.seconds or state.timeout_fault_seconds)
     if rule is not None and rule.kind == "degrade":
         answer = state.answerer.degraded(question, prompt)
     elif state.upstream is not None:
         response = await state.upstream.forward("POST", request.url.path, raw, request.headers)
-        outcome = "upstream_ok" if response.status_code == 200 else f"upstream_{response.status_code}"
-        if rule is not None:
-            outcome = "timeout"
-        state.record(endpoint, question, outcome, started)
+        if rule is None:
+            outcome = "upstream_ok" if response.status_code == 200 else f"upstream_{response.status_code}"
+            state.record(endpoint, question, outcome, started)
         return response
     else:
         answer = state.answerer.answer(question, prompt)
     await state.simulate_inference()
     elapsed_ns = int((time.perf_counter() - started) * 1e9)
-    outcome = "ok" if rule is None else ("degraded" if rule.kind == "degrade" else rule.kind)
-    state.record(endpoint, question, outcome, started)
+    if rule is None or rule.kind == "degrade":
+        state.record(endpoint, question, "ok" if rule is None else "degraded", started)
     return _render(endpoint, model, prompt, answer, stream, elapsed_ns)
 
 

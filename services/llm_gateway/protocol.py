@@ -54,9 +54,6 @@ class ChatRequest(_Request):
                 return message.text
         return self.messages[-1].text if self.messages else ""
 
-    def transcript(self) -> str:
-        return "\n".join(f"{m.role}: {m.text}" for m in self.messages)
-
 
 class OpenAIChatRequest(ChatRequest):
     stream: bool = False
