@@ -1,0 +1,196 @@
+"""retry-overload and retry-quota against the real Kafka (services in threads).
+
+Delays are shortened with ``policies.delay_scale`` (0.1 unless a test says otherwise): overload
+retries wait 0.1 / 0.2 / 0.4 s instead of 1 / 2 / 4 s. The ordering test uses real 1 s and 8 s.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+
+from services.common import topics
+from services.common.schemas import (
+    DeadLetter,
+    DelayedRetry,
+    ErrorInfo,
+    ErrorKind,
+    LLMError,
+    QuestionMessage,
+    RetryCounts,
+    Stage,
+    utcnow,
+)
+from services.common.settings import QactlSettings
+from services.common.status import StatusTracker
+from services.retry.policy import RetryKind
+from services.retry.service import RetryService
+from tests.services.pipeline import produce_models, produce_raw, running, unique_question, watching
+
+pytestmark = pytest.mark.stack
+
+PENDING = topics.QUESTIONS_PENDING.name
+DEAD = topics.DEAD_LETTER.name
+
+
+def retry_service(settings: QactlSettings, kind: RetryKind):
+    def run(stop) -> None:
+        RetryService(settings, kind, stop, status=StatusTracker(settings), rng=random.Random(7)).run()
+
+    return running(run, f"retry-{kind.value}")
+
+
+def failed_call(question: QuestionMessage, kind: ErrorKind, retries: RetryCounts | None = None, **info) -> LLMError:
+    error = ErrorInfo(kind=kind, status_code=503 if kind is ErrorKind.overload else 402, message="test", **info)
+    fields = question.model_dump()
+    fields.update(retries=retries or RetryCounts(), last_error=error)
+    return LLMError(**fields, error=error)
+
+
+def test_overload_error_waits_at_least_the_policy_delay_then_requeues(stack_settings: QactlSettings) -> None:
+    settings = stack_settings
+    questions = [unique_question("overload") for _ in range(3)]
+    with watching(settings, PENDING, *[topics.overload_delay_topic(i).name for i in range(3)]) as watch:
+        with retry_service(settings, RetryKind.overload):
+            errors = [
+                failed_call(q, ErrorKind.overload, RetryCounts(overload=level)) for level, q in enumerate(questions)
+            ]
+            produce_models(settings, topics.LLM_OVERLOAD.name, errors)
+            watch.wait_for(
+                lambda seen: all(watch.of(q.question_id, PENDING) for q in questions), 30, "three re-queued questions"
+            )
+    status = StatusTracker(settings)
+    for level, question in enumerate(questions):
+        (waiting,) = watch.of(question.question_id, topics.overload_delay_topic(level).name)
+        (requeued,) = watch.of(question.question_id, PENDING)
+        delayed: DelayedRetry = waiting.message
+        again: QuestionMessage = requeued.message
+        nominal = settings.policies.overload_delay_seconds(level)
+        jitter = settings.policies.overload_jitter_fraction
+        assert nominal * (1 - jitter) <= delayed.delay_seconds <= nominal * (1 + jitter)
+        # Actual wait, measured on broker timestamps: never shorter than the chosen delay.
+        scheduled_at = delayed.due_at - timedelta(seconds=delayed.delay_seconds)
+        assert requeued.timestamp_ms / 1000 >= delayed.due_at.timestamp() - 0.005
+        assert (again.hops[-1].at - scheduled_at).total_seconds() >= delayed.delay_seconds
+        assert again.retries.overload == level + 1 and again.retries.quota == 0
+        assert again.last_error is not None and again.last_error.kind is ErrorKind.overload
+        assert again.hops[-2].stage is Stage.retrying_overload and again.hops[-2].delay_seconds is not None
+        assert again.hops[-1].stage is Stage.queued and again.hops[-1].delay_seconds >= delayed.delay_seconds
+        assert [h.stage for h in status.hops(question.question_id)][-2:] == [Stage.retrying_overload, Stage.queued]
+
+
+def test_a_retry_due_in_1s_is_not_held_behind_one_due_in_8s(stack_settings: QactlSettings) -> None:
+    """Real delays here: the 8-s retry sits at the head of its level while the 1-s one flows."""
+    settings = stack_settings
+    slow, fast = unique_question("slow"), unique_question("fast")
+    now = utcnow()
+
+    def waiting(question: QuestionMessage, level: int, seconds: float) -> DelayedRetry:
+        error = ErrorInfo(kind=ErrorKind.overload, status_code=503)
+        return DelayedRetry(
+            **question.model_dump(),
+            due_at=now + timedelta(seconds=seconds),
+            delay_seconds=seconds,
+        ).model_copy(update={"last_error": error, "retries": RetryCounts(overload=level)})
+
+    with watching(settings, PENDING) as watch:
+        with retry_service(settings, RetryKind.overload):
+            produce_models(settings, topics.overload_delay_topic(2).name, [waiting(slow, 2, 8.0)])
+            produce_models(settings, topics.overload_delay_topic(0).name, [waiting(fast, 0, 1.0)])
+            watch.wait_for(lambda seen: watch.of(slow.question_id), 30, "the 8-s retry")
+    (fast_seen,) = watch.of(fast.question_id)
+    (slow_seen,) = watch.of(slow.question_id)
+    fast_after = fast_seen.timestamp_ms / 1000 - now.timestamp()
+    slow_after = slow_seen.timestamp_ms / 1000 - now.timestamp()
+    assert 1.0 <= fast_after < 4.0, fast_after
+    assert slow_after >= 8.0, slow_after
+    assert fast_seen.message.retries.overload == 1 and slow_seen.message.retries.overload == 3
+
+
+@pytest.mark.parametrize(("kind", "topic", "limit"), [(RetryKind.overload, topics.LLM_OVERLOAD.name, 3), (RetryKind.quota, topics.LLM_QUOTA.name, 5)])
+def test_retries_used_up_go_to_the_dead_letter_with_the_reason(
+    stack_settings: QactlSettings, kind: RetryKind, topic: str, limit: int
+) -> None:
+    settings = stack_settings
+    question = unique_question(f"exhausted-{kind.value}")
+    error_kind = ErrorKind.overload if kind is RetryKind.overload else ErrorKind.quota
+    used_up = failed_call(question, error_kind, RetryCounts(**{kind.value: limit}))
+    with watching(settings, DEAD, PENDING) as watch:
+        with retry_service(settings, kind):
+            produce_models(settings, topic, [used_up])
+            watch.wait_for(lambda seen: watch.of(question.question_id, DEAD), 30, "the dead letter")
+            watch.settle(0.5)
+    (letter_seen,) = watch.of(question.question_id)  # nothing re-queued
+    letter: DeadLetter = letter_seen.message
+    assert letter.reason == f"{kind.value} retries exhausted ({limit})"
+    assert letter.error.kind is ErrorKind.exhausted
+    assert letter.source_topic == topic
+    assert letter.message is not None and letter.message.last_error is not None
+    assert letter.message.hops[-1].stage is Stage.failed
+
+
+def test_quota_error_waits_the_fixed_delay(stack_settings: QactlSettings) -> None:
+    """quota_delay_seconds 60 x delay_scale 0.02 = 1.2 s here."""
+    settings = stack_settings.model_copy(
+        update={"policies": stack_settings.policies.model_copy(update={"delay_scale": 0.02})}
+    )
+    question = unique_question("quota")
+    with watching(settings, PENDING, topics.QUOTA_DELAY.name) as watch:
+        with retry_service(settings, RetryKind.quota):
+            produce_models(settings, topics.LLM_QUOTA.name, [failed_call(question, ErrorKind.quota)])
+            watch.wait_for(lambda seen: watch.of(question.question_id, PENDING), 30, "the re-queued question")
+    (waiting,) = watch.of(question.question_id, topics.QUOTA_DELAY.name)
+    (requeued,) = watch.of(question.question_id, PENDING)
+    assert waiting.message.delay_seconds == pytest.approx(1.2)
+    assert requeued.timestamp_ms - waiting.timestamp_ms >= 1200 - 5
+    assert requeued.message.retries.quota == 1 and requeued.message.retries.overload == 0
+
+
+def test_retry_after_longer_than_the_policy_is_honoured(stack_settings: QactlSettings) -> None:
+    settings = stack_settings
+    question = unique_question("retry-after")
+    with watching(settings, PENDING, topics.overload_delay_topic(0).name) as watch:
+        with retry_service(settings, RetryKind.overload):
+            produce_models(
+                settings, topics.LLM_OVERLOAD.name, [failed_call(question, ErrorKind.overload, retry_after_seconds=1.5)]
+            )
+            watch.wait_for(lambda seen: watch.of(question.question_id, PENDING), 30, "the re-queued question")
+    (waiting,) = watch.of(question.question_id, topics.overload_delay_topic(0).name)
+    (requeued,) = watch.of(question.question_id, PENDING)
+    assert waiting.message.delay_seconds == 1.5
+    assert requeued.timestamp_ms - waiting.timestamp_ms >= 1500 - 5
+
+
+@pytest.mark.parametrize("kind", [RetryKind.overload, RetryKind.quota])
+def test_poison_on_every_topic_a_retry_service_reads_goes_to_the_dead_letter(
+    stack_settings: QactlSettings, kind: RetryKind
+) -> None:
+    settings = stack_settings
+    from services.retry.policy import KINDS
+
+    spec = KINDS[kind]
+    read_topics = [spec.error_topic, *spec.delay_topics(settings.policies)]
+    question = unique_question(f"after-poison-{kind.value}")
+    error_kind = ErrorKind.overload if kind is RetryKind.overload else ErrorKind.quota
+    quick = settings.model_copy(update={"policies": settings.policies.model_copy(update={"delay_scale": 0.01})})
+    with watching(settings, DEAD, PENDING) as watch:
+        with retry_service(quick, kind):
+            for i, topic in enumerate(read_topics):
+                produce_raw(settings, topic, b"\xff not json " + topic.encode(), key=f"poison-{i}".encode())
+            produce_raw(settings, read_topics[0], b'{"schema_version": 1, "question_id": "x"}', key=b"invalid")
+            # ...and the service keeps going: a valid error after the poison is retried.
+            produce_models(settings, spec.error_topic, [failed_call(question, error_kind)])
+            watch.wait_for(
+                lambda seen: len(watch.of("invalid", DEAD)) == 1
+                and sum(1 for s in seen if s.topic == DEAD and s.message.error.kind is ErrorKind.poison) >= len(read_topics) + 1
+                and watch.of(question.question_id, PENDING),
+                30,
+                "dead letters for every poison and the valid retry",
+            )
+    poison_sources = {s.message.source_topic for s in watch.seen if s.topic == DEAD and s.message.error.kind is ErrorKind.poison}
+    assert set(read_topics) <= poison_sources
+    for seen in watch.seen:
+        if seen.topic == DEAD and seen.message.question_id.startswith("poison-"):
+            assert seen.message.raw  # the undecodable bytes are kept (base64)
