@@ -1,0 +1,236 @@
+"""The consumer's LLM backends over real HTTP: answers, and every classification rule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from services.common.knowledge_base import default_knowledge_base
+from services.common.prompts import build_prompt
+from services.common.schemas import ErrorInfo, ErrorKind
+from services.common.settings import load_settings
+from services.llm_consumer.backends import (
+    GatewayBackend,
+    LLMBackend,
+    LLMCallError,
+    OllamaBackend,
+    OpenAIBackend,
+    choose_backend,
+    parse_retry_after,
+    resolve_backend_kind,
+)
+from tests.services.llm_consumer.scripted_http import Script, scripted_server
+from tests.services.llm_gateway.server import RunningGateway, free_port, running_gateway
+
+QUESTION = "What is exponential backoff?"
+PARAPHRASES = default_knowledge_base().lookup(QUESTION).paraphrases  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def gateway() -> Iterator[RunningGateway]:
+    with running_gateway() as running:
+        yield running
+
+
+def backend_for(kind: str, url: str, timeout: float = 5.0) -> LLMBackend:
+    if kind == "openai":
+        return OpenAIBackend(f"{url}/v1", "qactl-sim", timeout, SecretStr("sk-test"))
+    if kind == "gateway":
+        return GatewayBackend(url, "qactl-sim", timeout)
+    return OllamaBackend(url, "qactl-sim", timeout)
+
+
+async def failure(backend: LLMBackend) -> ErrorInfo:
+    async with backend:
+        with pytest.raises(LLMCallError) as caught:
+            await backend.generate(build_prompt(QUESTION))
+    return caught.value.info
+
+
+KINDS = ["ollama", "gateway", "openai"]
+
+
+# --- answers ---
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_200_is_an_answer(gateway: RunningGateway, kind: str) -> None:
+    async with backend_for(kind, gateway.url) as backend:
+        result = await backend.generate(build_prompt(QUESTION))
+    assert result.answer in PARAPHRASES
+    assert result.backend == kind and result.model == "qactl-sim" and result.latency_ms >= 0
+
+
+@pytest.mark.asyncio
+async def test_openai_backend_sends_the_key_and_a_user_message() -> None:
+    script = Script(body={"model": "gpt-x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+    with scripted_server(script) as url:
+        async with OpenAIBackend(f"{url}/v1", "gpt-x", 5.0, SecretStr("sk-secret")) as backend:
+            result = await backend.generate("the prompt")
+    method, path, headers, body = script.requests[0]
+    assert (method, path) == ("POST", "/v1/chat/completions")
+    assert headers["Authorization"] == "Bearer sk-secret"
+    assert b'"content": "the prompt"' in body or b'"content":"the prompt"' in body
+    assert (result.answer, result.model, result.backend) == ("hi", "gpt-x", "openai")
+    assert "sk-secret" not in repr(backend.__dict__)
+
+
+# --- classification, through the gateway's faults ---
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "rule, expected_kind, status, retry_after",
+    [
+        ({"kind": "503", "count": 1, "retry_after": 2}, ErrorKind.overload, 503, 2.0),
+        ({"kind": "503", "count": 1}, ErrorKind.overload, 503, None),
+        ({"kind": "429", "count": 1, "retry_after": 1.5}, ErrorKind.overload, 429, 1.5),
+        ({"kind": "insufficient_quota", "count": 1}, ErrorKind.quota, 429, None),
+        ({"kind": "402", "count": 1}, ErrorKind.quota, 402, None),
+    ],
+)
+async def test_injected_errors_are_classified(
+    gateway: RunningGateway, kind: str, rule: dict[str, Any], expected_kind: ErrorKind, status: int, retry_after: float | None
+) -> None:
+    gateway.inject(**rule)
+    info = await failure(backend_for(kind, gateway.url))
+    assert (info.kind, info.status_code, info.retry_after_seconds) == (expected_kind, status, retry_after)
+    assert info.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_timeout_is_overload(gateway: RunningGateway, kind: str) -> None:
+    gateway.inject(kind="timeout", count=1, seconds=1.5)
+    info = await failure(backend_for(kind, gateway.url, timeout=0.3))
+    assert info.kind == ErrorKind.overload and info.status_code is None and "timed out" in info.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_refused_connection_is_overload(kind: str) -> None:
+    info = await failure(backend_for(kind, f"http://127.0.0.1:{free_port()}"))
+    assert info.kind == ErrorKind.overload and info.status_code is None and "connection failed" in info.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_another_5xx_is_overload(kind: str) -> None:
+    # A gateway whose upstream is gone answers 502.
+    with running_gateway(upstream_url=f"http://127.0.0.1:{free_port()}") as front:
+        info = await failure(backend_for(kind, front.url))
+    assert (info.kind, info.status_code) == (ErrorKind.overload, 502)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_another_4xx_is_a_client_error(gateway: RunningGateway, kind: str) -> None:
+    info = await failure(backend_for(kind, f"{gateway.url}/no-such-prefix"))
+    assert (info.kind, info.status_code) == (ErrorKind.client, 404)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [400, 401, 403, 422])
+async def test_client_errors_with_their_message(status: int) -> None:
+    script = Script(status=status, body={"error": {"message": "model 'x' not found", "type": "invalid_request_error"}})
+    with scripted_server(script) as url:
+        info = await failure(OpenAIBackend(f"{url}/v1", "x", 5.0))
+    assert (info.kind, info.status_code, info.message) == (ErrorKind.client, status, "model 'x' not found")
+
+
+@pytest.mark.asyncio
+async def test_ollama_shaped_quota_code_and_plain_429() -> None:
+    with scripted_server(Script(status=429, body={"error": "slow down"})) as url:
+        assert (await failure(OllamaBackend(url, "m", 5.0))).kind == ErrorKind.overload
+    with scripted_server(Script(status=429, body={"error": "no credit", "code": "insufficient_quota"})) as url:
+        assert (await failure(OllamaBackend(url, "m", 5.0))).kind == ErrorKind.quota
+
+
+@pytest.mark.asyncio
+async def test_retry_after_as_an_http_date() -> None:
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    script = Script(status=503, body={"error": "busy"}, headers={"Retry-After": format_datetime(when, usegmt=True)})
+    with scripted_server(script) as url:
+        info = await failure(OllamaBackend(url, "m", 5.0))
+    assert info.kind == ErrorKind.overload and info.retry_after_seconds is not None
+    assert 25 <= info.retry_after_seconds <= 30
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("body", [b"not json", {"unexpected": True}, {"error": "model is loading"}])
+async def test_a_200_without_an_answer_is_overload(body: Any) -> None:
+    with scripted_server(Script(status=200, body=body)) as url:
+        info = await failure(OllamaBackend(url, "m", 5.0))
+    assert (info.kind, info.status_code) == (ErrorKind.overload, 200) and "malformed" in info.message
+
+
+def test_parse_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert parse_retry_after({"Retry-After": "7"}) == 7.0
+    assert parse_retry_after({"Retry-After": " 0.25 "}) == 0.25
+    assert parse_retry_after({"Retry-After": "Thu, 01 Jan 2026 12:00:10 GMT"}, now=now) == 10.0
+    assert parse_retry_after({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}, now=now) == 0.0
+    assert parse_retry_after({"Retry-After": "-3"}) == 0.0
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert parse_retry_after({}) is None
+
+
+# --- choosing a backend ---
+
+
+def settings_with(**llm: Any) -> Any:
+    return load_settings(llm={"model": "qactl-sim", **llm}, gateway={"host": "127.0.0.1", "port": 11435})
+
+
+def test_auto_without_ollama_uses_the_gateway() -> None:
+    settings = settings_with(backend="auto", ollama_url=f"http://127.0.0.1:{free_port()}")
+    backend, description = choose_backend(settings, probe_timeout=0.5)
+    assert isinstance(backend, GatewayBackend) and backend.base_url == "http://127.0.0.1:11435"
+    assert "gateway at http://127.0.0.1:11435" in description and "no Ollama" in description
+    assert resolve_backend_kind(settings, probe_timeout=0.5) == "gateway"
+
+
+def test_auto_recognises_the_gateway_at_the_ollama_url(gateway: RunningGateway) -> None:
+    backend, description = choose_backend(settings_with(backend="auto", ollama_url=gateway.url))
+    assert isinstance(backend, GatewayBackend) and backend.base_url == gateway.url
+    assert "built-in gateway answered" in description
+
+
+@pytest.mark.parametrize(
+    "models, configured, chosen",
+    [(["llama3.2:latest", "qwen2:0.5b"], "qactl-sim", "llama3.2:latest"), (["llama3.2:latest", "qwen2:0.5b"], "qwen2:0.5b", "qwen2:0.5b")],
+)
+def test_auto_with_a_real_ollama_uses_it(models: list[str], configured: str, chosen: str) -> None:
+    tags = {"models": [{"name": m, "model": m} for m in models]}
+    with scripted_server(Script(body=tags)) as url:
+        settings = settings_with(backend="auto", ollama_url=url, model=configured)
+        backend, description = choose_backend(settings)
+        assert resolve_backend_kind(settings) == "ollama"
+    assert type(backend) is OllamaBackend and backend.model == chosen
+    assert description.startswith(f"ollama at {url} (model {chosen})")
+
+
+def test_auto_with_an_ollama_without_models_falls_back_to_the_gateway() -> None:
+    with scripted_server(Script(body={"models": []})) as url:
+        backend, description = choose_backend(settings_with(backend="auto", ollama_url=url))
+    assert isinstance(backend, GatewayBackend) and "has no model" in description
+
+
+def test_explicit_backends() -> None:
+    backend, description = choose_backend(
+        settings_with(backend="openai", openai_base_url="https://llm.example/v1", openai_api_key="sk-1", model="gpt-x")
+    )
+    assert isinstance(backend, OpenAIBackend) and description == "openai at https://llm.example/v1 (model gpt-x)"
+    backend, _ = choose_backend(settings_with(backend="ollama", ollama_url="http://10.0.0.5:11434"))
+    assert type(backend) is OllamaBackend and backend.base_url == "http://10.0.0.5:11434"
+    backend, _ = choose_backend(settings_with(backend="gateway"))
+    assert isinstance(backend, GatewayBackend) and backend.base_url == "http://127.0.0.1:11435"
+    assert resolve_backend_kind(settings_with(backend="openai")) == "openai"
