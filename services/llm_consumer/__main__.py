@@ -22,7 +22,14 @@ def main() -> int:
     backend, description = choose_backend(settings)
     status = StatusTracker(settings)
     consumer = LLMConsumer(
-        settings, backend.generate, description, stop, build_prompt, status=status, replica=replica
+        settings,
+        backend.generate,
+        backend.name,
+        stop,
+        build_prompt,
+        status=status,
+        replica=replica,
+        description=description,
     )
     port = metrics_port(settings)
     server = serve_metrics_and_health("127.0.0.1", port, consumer.health)
@@ -41,12 +48,6 @@ def main() -> int:
     finally:
         server.shutdown()
         status.close()
-        close = getattr(backend, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # an async client's close needs its loop; the process ends anyway
-                pass
     log.info("stopped")
     return 0
 

@@ -99,7 +99,9 @@ def error_info_of(exc: BaseException) -> ErrorInfo:
 def generation_of(value: Any, default_model: str) -> Generation:
     if isinstance(value, str):
         return Generation(value, default_model)
-    text = getattr(value, "text", None) or getattr(value, "answer", None)
+    text = getattr(value, "answer", None)
+    if text is None:
+        text = getattr(value, "text", None)
     if not isinstance(text, str):
         raise TypeError(f"backend returned {type(value).__name__} without text")
     return Generation(text, getattr(value, "model", None) or default_model)
@@ -184,9 +186,13 @@ class LLMConsumer:
         status: StatusTracker | None = None,
         replica: int = 1,
         drain_seconds: float | None = None,
+        description: str | None = None,
+        group_id: str = GROUP,
     ) -> None:
         self.settings = settings
-        self.backend_name = backend_name
+        self.backend_name = backend_name  # short: "gateway", "ollama", "openai"
+        self.description = description or backend_name
+        self.group_id = group_id
         self.stop = stop
         self.status = status
         self.replica = replica
@@ -215,7 +221,7 @@ class LLMConsumer:
         return {
             "ok": self.failure is None and age < 15,
             "service": f"llm-consumer-{self.replica}",
-            "backend": self.backend_name,
+            "backend": self.description,
             "concurrency": self.concurrency,
             "in_flight": self.in_flight,
             "buffered": len(self.buffer),
@@ -228,7 +234,7 @@ class LLMConsumer:
 
     def run(self) -> None:
         consumer = make_consumer(
-            self.settings, GROUP, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}"
+            self.settings, self.group_id, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}"
         )
         consumer.subscribe(
             [topics.QUESTIONS_PENDING.name],
