@@ -1,0 +1,137 @@
+"""UI-free client of the llm-gateway's admin API: fault rules and call statistics.
+
+Used by ``qactl gateway``, the demo cases and the dashboard's fault keys. Expected failures
+are ``QactlError``s: the gateway not answering, the admin token refused, a rule refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from qactl.errors import ConfigError, RequestRejected, StackNotRunning
+from services.common.settings import QactlSettings
+from services.llm_gateway.faults import ActiveRule, FaultKind, FaultRule
+
+# Named fault scenarios an operator fires with one word (CLI and dashboard keys).
+PRESETS: dict[str, FaultRule] = {
+    "503-burst": FaultRule(kind="503", count=3, retry_after=1),
+    "503": FaultRule(kind="503", count=1),
+    "429": FaultRule(kind="429", count=1, retry_after=1),
+    "insufficient_quota": FaultRule(kind="insufficient_quota", count=1),
+    "402": FaultRule(kind="402", count=1),
+    "timeout": FaultRule(kind="timeout", count=1),
+    "degrade": FaultRule(kind="degrade", count=1),
+}
+
+
+@dataclass
+class GatewayStats:
+    total: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    by_question: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, admin_token: str, timeout_seconds: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=timeout_seconds
+        )
+
+    @classmethod
+    def from_settings(cls, settings: QactlSettings) -> "GatewayClient":
+        return cls(settings.gateway.base_url, settings.gateway.admin_token.get_secret_value())
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise StackNotRunning(
+                f"the llm-gateway does not answer at {self.base_url} ({type(exc).__name__}); "
+                "`qactl up` starts it when the built-in gateway is the LLM or fronts one (QACTL_GATEWAY__PORT moves it)"
+            ) from None
+        if response.status_code == 401:
+            raise ConfigError("the llm-gateway refused the admin token; set the same QACTL_GATEWAY__ADMIN_TOKEN on both sides")
+        if 400 <= response.status_code < 500:
+            detail = response.json().get("detail", response.text) if response.content else response.reason_phrase
+            raise RequestRejected(str(detail), response.status_code)
+        response.raise_for_status()
+        return response.json()
+
+    def inject_fault(
+        self,
+        kind: FaultKind,
+        *,
+        count: int | None = None,
+        rate: float | None = None,
+        match: str | None = None,
+        retry_after: float | None = None,
+        seconds: float | None = None,
+    ) -> ActiveRule:
+        """Add a rule: for the next ``count`` calls (1 when neither is given) or at ``rate``."""
+        if count is None and rate is None:
+            count = 1
+        rule = FaultRule(kind=kind, count=count, rate=rate, match=match, retry_after=retry_after, seconds=seconds)
+        return self.add_rule(rule)
+
+    def add_rule(self, rule: FaultRule) -> ActiveRule:
+        body = self._request("POST", "/admin/faults", json=rule.model_dump(exclude_none=True))
+        return ActiveRule.model_validate(body["rules"][0])
+
+    def list_faults(self) -> list[ActiveRule]:
+        return [ActiveRule.model_validate(r) for r in self._request("GET", "/admin/faults")["rules"]]
+
+    def clear_faults(self) -> int:
+        """Remove every rule; returns how many there were."""
+        return int(self._request("DELETE", "/admin/faults")["cleared"])
+
+    def stats(self) -> GatewayStats:
+        body = self._request("GET", "/admin/stats")
+        return GatewayStats(total=body["total"], by_outcome=body["by_outcome"], by_question=body["by_question"])
+
+    def reset_stats(self) -> None:
+        self._request("DELETE", "/admin/stats")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "GatewayClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe_rule(rule: FaultRule) -> str:
+    """'503 for the next 3 calls, Retry-After 1 s, on questions containing "kafka"'."""
+    if rule.count is not None:
+        scope = f"for the next {rule.count} call{'s' if rule.count != 1 else ''}"
+    else:
+        scope = f"on {rule.rate:.0%} of calls"
+    extras = []
+    if rule.retry_after is not None:
+        extras.append(f"Retry-After {rule.retry_after:g} s")
+    if rule.seconds is not None:
+        extras.append(f"stalling {rule.seconds:g} s")
+    if rule.match is not None:
+        extras.append(f'on questions containing "{rule.match}"')
+    return ", ".join([f"{rule.kind} {scope}", *extras])
+
+
+class GatewayFaultInjector:
+    """The dashboard's ``FaultInjector``: presets by name, one line back for a notification."""
+
+    def __init__(self, client: GatewayClient) -> None:
+        self.client = client
+
+    def inject(self, fault: str) -> str:
+        preset = PRESETS.get(fault)
+        if preset is None:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(PRESETS)}")
+        return f"injected {describe_rule(self.client.add_rule(preset))}"
+
+    def clear(self) -> str:
+        return f"cleared {self.client.clear_faults()} fault rule(s)"
