@@ -1,0 +1,112 @@
+"""The Flink scoring job as a component: submitted once by `qactl up`, cancelled by `qactl down`."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from qactl.client.flink_rest import FlinkRest
+from qactl.errors import ComponentFailed
+from qactl.runtime import flink
+from qactl.runtime.component import Component, Report
+from qactl.runtime.supervisor import Health
+from services.common.settings import QactlSettings
+
+NAME = "score-job"
+JOB_SCRIPT = Path(__file__).resolve().parents[2] / "flink" / "job.py"
+# States in which a job counts as "the one instance": submitting again would make a second.
+LIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
+SUBMIT_TIMEOUT_SECONDS = 240
+
+
+def job_name() -> str:
+    from flink.job import JOB_NAME  # noqa: PLC0415 (pyflink is heavy; import on use)
+
+    return JOB_NAME
+
+
+def live_jobs(rest: FlinkRest) -> list:
+    return [j for j in rest.jobs() if j.name == job_name() and j.state in LIVE_STATES]
+
+
+def health(settings: QactlSettings) -> Health:
+    try:
+        jobs = live_jobs(FlinkRest(settings.flink.rest))
+    except (httpx.HTTPError, OSError) as exc:
+        return Health(False, f"Flink REST unreachable: {exc}")
+    if not jobs:
+        return Health(False, f"{job_name()} is not running")
+    job = jobs[0]
+    detail = f"{job.name} {job.state} (id {job.jid})"
+    if len(jobs) > 1:
+        return Health(False, f"{len(jobs)} instances of {job.name}: expected one", {"jobs": [j.jid for j in jobs]})
+    return Health(job.state == "RUNNING", detail, {"jid": job.jid, "state": job.state})
+
+
+def submit(settings: QactlSettings, report: Report) -> bool:
+    """Submit the job unless an instance is already live; wait until it runs. True if submitted."""
+    from flink.gate import JobConfig
+
+    rest = FlinkRest(settings.flink.rest)
+    if live_jobs(rest):
+        return False
+    report(f"submitting {job_name()} (flink run)")
+    config = JobConfig.from_settings(settings).model_dump_json()
+    argv = flink.submit_argv(settings, JOB_SCRIPT, "--config-json", config)
+    log_path = settings.log_dir / f"{NAME}-submit.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        done = subprocess.run(
+            argv, env={**_os_env(), **flink.flink_env(settings)}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
+        )
+    if done.returncode != 0:
+        raise ComponentFailed(f"flink run failed (exit {done.returncode}); see {log_path}\n{_tail(log_path)}")
+    deadline = time.monotonic() + SUBMIT_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        current = health(settings)
+        if current.ok:
+            return True
+        report(current.detail)
+        time.sleep(1)
+    raise ComponentFailed(f"{job_name()} submitted but not RUNNING after {SUBMIT_TIMEOUT_SECONDS}s")
+
+
+def cancel(settings: QactlSettings, report: Report) -> None:
+    rest = FlinkRest(settings.flink.rest)
+    try:
+        jobs = live_jobs(rest)
+    except (httpx.HTTPError, OSError):
+        return  # no cluster, no job
+    for job in jobs:
+        report(f"cancelling {job.name} ({job.jid})")
+        rest.cancel(job.jid)
+
+
+def _os_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def components(settings: QactlSettings) -> list[Component]:
+    return [
+        Component(
+            name=NAME,
+            kind="job",
+            health=lambda: health(settings),
+            after_start=lambda report: submit(settings, report),
+            before_stop=lambda report: cancel(settings, report),
+            endpoint=f"{settings.flink.rest}/#/overview",
+        )
+    ]
