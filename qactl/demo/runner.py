@@ -1,0 +1,439 @@
+"""Run demo cases against the stack `qactl up` started: inject, submit, follow, compare.
+
+UI-free: everything the operator should see is sent as a ``DemoEvent`` to a callback (the CLI
+narrates them with Rich; the dashboard turns a case into one line), and a ``CaseResult`` says
+whether the expected path happened, check by check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from qactl.client.api import QuestionStatus, StorageApiClient, Submission
+from qactl.client.gateway import GatewayClient, describe_rule
+from qactl.demo import stack_access
+from qactl.demo.cases import Ask, Case, load_cases
+from qactl.demo.paths import compare, explain, hop_label, observed_path, policy_delay_bounds
+from qactl.errors import QactlError, StackNotRunning
+from services.common.schemas import Hop, normalize_question, question_id_for
+from services.common.settings import Policies, QactlSettings
+from services.llm_gateway.faults import FaultRule
+
+EventKind = Literal["case", "info", "warning", "faults", "submit", "hop", "terminal", "check", "result"]
+
+# How long to wait, after a terminal state, for the persister to have stored it (and cached it).
+STORED_WAIT_SECONDS = 20.0
+
+
+@dataclass
+class DemoEvent:
+    kind: EventKind
+    case: str
+    message: str
+    hop: Hop | None = None
+    explanation: str | None = None
+    elapsed: float | None = None
+    ok: bool | None = None
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class AskResult:
+    question: str
+    question_id: str
+    http_status: int | None = None
+    source: str | None = None
+    perceived_ms: float | None = None
+    state: str | None = None
+    score: float | None = None
+    reason: str | None = None
+    expected_path: list[str] = field(default_factory=list)
+    observed_path: list[str] = field(default_factory=list)
+    hops: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    title: str
+    delay_scale: float
+    delays_shortened: bool
+    policy_source: str
+    asks: list[AskResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.asks) and all(a.ok for a in self.asks)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        for ask, raw in zip(self.asks, data["asks"]):
+            raw["ok"] = ask.ok
+        return data
+
+
+Listener = Callable[[DemoEvent], None]
+
+
+def _ignore(_: DemoEvent) -> None:
+    return None
+
+
+def expected_wait_seconds(ask: Ask, policies: Policies) -> float:
+    """The longest the policy delays of the expected path may add up to."""
+    total = 0.0
+    for step in ask.expect.path:
+        if step.delay is None or step.topic is None:
+            continue
+        bounds = policy_delay_bounds(Hop(stage=step.stage, topic=step.topic), policies)
+        if bounds is not None:
+            total += bounds[1]
+    # Retry-After is honoured unscaled and may be longer than the policy's delay.
+    total += sum((f.retry_after or 0.0) * (f.count or 1) for f in ask.faults)
+    return total
+
+
+class DemoRunner:
+    def __init__(
+        self,
+        settings: QactlSettings,
+        listener: Listener = _ignore,
+        poll_interval: float = 0.25,
+        forget: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.emit = listener
+        self.poll_interval = poll_interval
+        self.forget = forget
+        self._running: stack_access.RunningPolicies | None = None
+
+    # --- preflight ------------------------------------------------------------------------
+
+    def preflight(self, cases: list[Case]) -> stack_access.RunningPolicies:
+        """The stack must be up (the API accepting questions; the gateway when faults are used)."""
+        with StorageApiClient(self.settings.api.base_url, timeout=5.0) as api:
+            health = api.health()  # raises StackNotRunning when nothing answers
+        if not health.ok:
+            raise StackNotRunning(f"the storage API is up but not accepting questions: {health.summary}")
+        if any(case.has_faults for case in cases):
+            with GatewayClient.from_settings(self.settings) as gateway:
+                gateway.list_faults()  # raises StackNotRunning with the gateway's address
+        self._running = stack_access.running_policies(self.settings)
+        return self._running
+
+    # --- a case ---------------------------------------------------------------------------
+
+    def run_case(self, case: Case) -> CaseResult:
+        running = self._running or self.preflight([case])
+        policies = running.policies
+        result = CaseResult(case.name, case.title, policies.delay_scale, policies.shortened, running.source)
+        started = time.monotonic()
+        self.emit(DemoEvent("case", case.name, case.title))
+        if case.summary:
+            self.emit(DemoEvent("info", case.name, case.summary))
+        self._announce_delays(case, policies, running.source, result)
+        if case.fresh and self.forget:
+            report = stack_access.forget(self.settings, [question_id_for(q) for q in case.questions])
+            if report.anything:
+                removed = ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
+                self.emit(
+                    DemoEvent(
+                        "info",
+                        case.name,
+                        f"forgot the earlier runs of this case's question(s) so the whole path runs again "
+                        f"({removed or 'no rows'}; {report.redis_keys} Redis keys)",
+                    )
+                )
+        for index, ask in enumerate(case.asks, start=1):
+            if len(case.asks) > 1:
+                self.emit(DemoEvent("info", case.name, f"ask {index} of {len(case.asks)}"))
+            result.asks.append(self._run_ask(case, ask, policies, result))
+        result.seconds = time.monotonic() - started
+        verdict = "the expected path happened" if result.ok else "the expected path did NOT happen"
+        self.emit(DemoEvent("result", case.name, f"{case.name}: {verdict} ({result.seconds:.1f} s)", ok=result.ok))
+        return result
+
+    def _announce_delays(self, case: Case, policies: Policies, source: str, result: CaseResult) -> None:
+        waits = sum(expected_wait_seconds(a, policies) for a in case.asks)
+        if policies.shortened:
+            self.emit(
+                DemoEvent(
+                    "warning",
+                    case.name,
+                    f"demo profile: every retry delay is shortened x{policies.delay_scale:g} "
+                    f"(overload 2^n s -> {policies.overload_delay_seconds(0):.3g} s, {policies.overload_delay_seconds(1):.3g} s, ...; "
+                    f"quota {policies.quota_delay_seconds:g} s -> {policies.quota_delay():.3g} s) [{source}]",
+                )
+            )
+        elif case.delays.profile == "demo":
+            message = (
+                f"this case is written for the demo profile, and the stack runs the full policy delays [{source}]: "
+                f"expect about {waits:.0f} s of waiting. "
+                + (case.delays.note.strip() if case.delays.note else "Start the stack with QACTL_POLICIES__DELAY_SCALE=0.05.")
+            )
+            result.warnings.append(message)
+            self.emit(DemoEvent("warning", case.name, message))
+        elif waits:
+            self.emit(DemoEvent("info", case.name, f"full policy delays [{source}]: about {waits:.0f} s of waiting"))
+
+    # --- one ask --------------------------------------------------------------------------
+
+    def _run_ask(self, case: Case, ask: Ask, policies: Policies, case_result: CaseResult) -> AskResult:
+        question_id = question_id_for(ask.question)
+        result = AskResult(question=ask.question, question_id=question_id)
+        result.expected_path = [s.label for s in ask.expect.path]
+        started = time.monotonic()
+        gateway = GatewayClient.from_settings(self.settings) if self._gateway_wanted(ask) else None
+        try:
+            calls_before = self._calls(gateway, ask.question)
+            offsets_before = stack_access.pending_end_offsets(self.settings) if ask.expect.kafka_traffic else None
+            injected = self._inject(case, ask, gateway)
+            with StorageApiClient(self.settings.api.base_url) as api:
+                submission = api.submit(ask.question, ask.reference)
+                self._on_submission(case, ask, submission, result)
+                final: QuestionStatus | None = None
+                if not submission.answered:
+                    timeout = ask.timeout_seconds + expected_wait_seconds(ask, policies)
+                    final = self._follow(case, api, question_id, policies, timeout, result)
+                    stored = self._wait_stored(api, question_id, final)
+                    if stored is not None:
+                        final = stored
+            if final is not None:
+                result.state = final.state.value
+                result.score = final.score
+                result.reason = final.reason
+                result.hops = [h.model_dump(mode="json", exclude_none=True) for h in final.hops]
+            self._check(case, ask, submission, final, policies, result, gateway, calls_before, offsets_before)
+            self._cleanup(case, gateway, injected, case_result)
+        finally:
+            if gateway is not None:
+                gateway.close()
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _gateway_wanted(self, ask: Ask) -> bool:
+        return bool(ask.faults) or ask.expect.llm_calls is not None
+
+    def _calls(self, gateway: GatewayClient | None, question: str) -> int | None:
+        """Calls the gateway has seen for this question so far (None without a gateway)."""
+        if gateway is None:
+            return None
+        try:
+            stats = gateway.stats()
+        except StackNotRunning:
+            return None
+        return sum(stats.by_question.get(normalize_question(question), {}).values())
+
+    def _inject(self, case: Case, ask: Ask, gateway: GatewayClient | None) -> list[int]:
+        if gateway is None or not ask.faults:
+            return []
+        target = normalize_question(ask.question)
+        leftovers = [
+            r for r in gateway.list_faults() if r.match is None or normalize_question(r.match) in target
+        ]
+        if leftovers:
+            cleared = gateway.clear_faults()
+            self.emit(
+                DemoEvent("warning", case.name, f"cleared {cleared} fault rule(s) left over that would hit this question")
+            )
+        ids = []
+        for fault in ask.faults:
+            rule = gateway.add_rule(FaultRule(**fault.rule(ask.question)))
+            ids.append(rule.id)
+            self.emit(DemoEvent("faults", case.name, f"gateway: {describe_rule(rule)}"))
+        return ids
+
+    def _cleanup(self, case: Case, gateway: GatewayClient | None, injected: list[int], result: CaseResult) -> None:
+        if gateway is None or not injected:
+            return
+        left = [r for r in gateway.list_faults() if r.id in injected]
+        if left:
+            gateway.clear_faults()
+            message = f"{len(left)} injected fault rule(s) did not fire as expected; cleared"
+            result.warnings.append(message)
+            self.emit(DemoEvent("warning", case.name, message))
+
+    def _on_submission(self, case: Case, ask: Ask, submission: Submission, result: AskResult) -> None:
+        result.http_status = submission.http_status
+        result.source = submission.source
+        result.perceived_ms = round(submission.latency_ms, 2)
+        if submission.answered:
+            self.emit(
+                DemoEvent(
+                    "submit",
+                    case.name,
+                    f"POST /query -> 200 in {submission.latency_ms:.1f} ms: answered at once from the "
+                    f"{submission.source} ({submission.status}"
+                    + (f", score {submission.score:.3f}" if submission.score is not None else "")
+                    + ")",
+                )
+            )
+            result.state = submission.status
+            result.score = submission.score
+        else:
+            joined = " (joined an identical question in flight)" if submission.coalesced else ""
+            self.emit(
+                DemoEvent(
+                    "submit",
+                    case.name,
+                    f"POST /query -> 202 in {submission.latency_ms:.1f} ms as {submission.question_id}{joined}",
+                )
+            )
+
+    def _follow(
+        self, case: Case, api: StorageApiClient, question_id: str, policies: Policies, timeout: float, result: AskResult
+    ) -> QuestionStatus:
+        """Poll /status, narrating each new hop, until a terminal state or the timeout."""
+        seen: set[tuple[str, str | None, int, str]] = set()
+        first_at: float | None = None
+        deadline = time.monotonic() + timeout
+        while True:
+            status = api.status(question_id)
+            for hop in sorted(status.hops, key=lambda h: h.at):
+                key = (hop.stage.value, hop.topic, hop.attempt, hop.at.isoformat())
+                if key in seen:
+                    continue
+                seen.add(key)
+                first_at = hop.at.timestamp() if first_at is None else first_at
+                self.emit(
+                    DemoEvent(
+                        "hop",
+                        case.name,
+                        hop_label(hop),
+                        hop=hop,
+                        explanation=explain(hop, policies),
+                        elapsed=hop.at.timestamp() - first_at,
+                    )
+                )
+            if status.terminal:
+                return status
+            if time.monotonic() >= deadline:
+                self.emit(DemoEvent("warning", case.name, f"still {status.state.value} after {timeout:.0f} s: giving up"))
+                return status
+            time.sleep(self.poll_interval)
+
+    def _wait_stored(self, api: StorageApiClient, question_id: str, final: QuestionStatus) -> QuestionStatus | None:
+        """After a terminal state: wait until PostgreSQL has it (and the cache, for an answer)."""
+        if not final.terminal:
+            return None
+        deadline = time.monotonic() + STORED_WAIT_SECONDS
+        status = final
+        while time.monotonic() < deadline:
+            if status.raw.get("terminal_at"):
+                if status.answer is None or stack_access.cached(self.settings, question_id):
+                    return status
+            time.sleep(self.poll_interval)
+            status = api.status(question_id)
+        return status
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def _check(
+        self,
+        case: Case,
+        ask: Ask,
+        submission: Submission,
+        final: QuestionStatus | None,
+        policies: Policies,
+        result: AskResult,
+        gateway: GatewayClient | None,
+        calls_before: int | None,
+        offsets_before: dict[int, int] | None,
+    ) -> None:
+        expect = ask.expect
+        checks = result.checks
+        wanted_status = 200 if expect.response == "answered" else 202
+        checks.append(
+            Check("response", submission.http_status == wanted_status,
+                  f"POST /query answered {submission.http_status}, expected {wanted_status}")
+        )
+        if expect.source is not None:
+            checks.append(
+                Check("source", submission.source == expect.source,
+                      f"answered from the {submission.source or 'pipeline'}, expected the {expect.source}")
+            )
+        if final is not None:
+            path = compare(expect.path, final.hops, policies)
+            result.observed_path = path.observed
+            detail = "observed " + " -> ".join(path.observed) if path.ok else "; ".join(path.problems)
+            checks.append(Check("path", path.ok, detail))
+            checks.append(
+                Check("stored", bool(final.raw.get("terminal_at")),
+                      "terminal state stored in PostgreSQL" if final.raw.get("terminal_at")
+                      else "the terminal state was not stored in PostgreSQL in time")
+            )
+        state = result.state
+        checks.append(Check("terminal", state == expect.terminal, f"terminal state {state}, expected {expect.terminal}"))
+        if expect.reason_contains is not None:
+            reason = result.reason or ""
+            checks.append(
+                Check("reason", expect.reason_contains.lower() in reason.lower(),
+                      f"reason {reason!r}, expected it to mention {expect.reason_contains!r}")
+            )
+        if expect.llm_calls is not None:
+            calls_after = self._calls(gateway, ask.question)
+            if calls_before is None or calls_after is None:
+                checks.append(Check("llm_calls", True, "not checked: the built-in gateway is not answering"))
+            else:
+                made = calls_after - calls_before
+                checks.append(Check("llm_calls", made == expect.llm_calls, f"{made} LLM call(s), expected {expect.llm_calls}"))
+        if offsets_before is not None:
+            after = stack_access.pending_end_offsets(self.settings)
+            moved = sum(after.values()) - sum(offsets_before.values())
+            checks.append(
+                Check("kafka_traffic", moved == 0,
+                      f"questions-pending end offsets {'unchanged' if moved == 0 else f'moved by {moved}'} "
+                      f"({sum(offsets_before.values())} -> {sum(after.values())})")
+            )
+        if final is not None and final.terminal:
+            self.emit(DemoEvent("terminal", case.name, final.state.value, ok=final.state.value == expect.terminal))
+        for check in checks:
+            self.emit(DemoEvent("check", case.name, f"{check.name}: {check.detail}", ok=check.ok))
+
+
+def run_cases(
+    settings: QactlSettings, names: list[str], listener: Listener = _ignore, forget: bool = True
+) -> list[CaseResult]:
+    cases = load_cases(names)
+    runner = DemoRunner(settings, listener, forget=forget)
+    runner.preflight(cases)
+    return [runner.run_case(case) for case in cases]
+
+
+class StackDemoFirer:
+    """The dashboard's ``DemoFirer``: run a case (or ``all``) to its end, one line back."""
+
+    def __init__(self, settings: QactlSettings) -> None:
+        self.settings = settings
+
+    def fire(self, case: str) -> str:
+        try:
+            results = run_cases(self.settings, [case])
+        except QactlError as exc:
+            return f"demo {case}: {exc}"
+        parts = [
+            f"{r.name} {'ok' if r.ok else 'FAILED'} ({r.asks[-1].state if r.asks else '-'}, {r.seconds:.1f} s)"
+            for r in results
+        ]
+        return "demo " + "; ".join(parts)
+
+
+__all__ = ["DemoRunner", "DemoEvent", "CaseResult", "AskResult", "Check", "run_cases", "StackDemoFirer", "observed_path"]
