@@ -20,7 +20,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import BaseModel
 
 from services.common.kafka import make_producer
-from services.common.schemas import encode
 from services.common.settings import QactlSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class AsyncProducer:
             "storage-api",
             **{
                 # Short linger: a 202 waits for its acknowledgement, so batching costs latency.
-                "linger.ms": 1,
+                "linger.ms": 2,
                 "message.timeout.ms": DELIVERY_TIMEOUT_MS,
                 "socket.connection.setup.timeout.ms": 2000,
                 "reconnect.backoff.max.ms": 1000,
@@ -86,7 +85,10 @@ class AsyncProducer:
         if self._producer is None:
             raise KafkaUnavailable("Kafka producer not started")
         try:
-            self._producer.produce(self._topic, value=encode(message), key=key.encode(), on_delivery=delivered)
+            # Built by its pydantic constructor, so already validated: serialize without re-parsing.
+            self._producer.produce(
+                self._topic, value=message.model_dump_json().encode(), key=key.encode(), on_delivery=delivered
+            )
         except (BufferError, KafkaException) as exc:
             raise KafkaUnavailable(f"Kafka producer refused the message: {exc}") from exc
         await future

@@ -8,6 +8,7 @@ the circuit again as soon as Redis answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,8 @@ from redis.exceptions import RedisError
 
 from services.common.cache import CachedAnswer, cache_key
 from services.common.schemas import Hop, Stage
-from services.common.status import hops_key, queue_record, status_key
+from services.common.status import EVENTS_CHANNEL, STATUS_TTL_SECONDS, hops_key, queue_record, status_key
+from services.storage_api.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,38 @@ T = TypeVar("T")
 OPEN_SECONDS = 1.0
 
 
+# The first hops of a batch of questions, in one call. A first hop may reach Redis after a stage
+# has already recorded a later one (it is written behind the request), so it sets the current
+# stage only when there is none yet.
+RECORD_FIRST_HOPS = """
+local ttl, channel = ARGV[1], ARGV[2]
+for i = 1, #KEYS / 2 do
+  local status, hops, a = KEYS[2 * i - 1], KEYS[2 * i], 2 + (i - 1) * 5
+  if redis.call('EXISTS', status) == 0 then
+    redis.call('HSET', status, 'stage', ARGV[a + 1], 'attempt', ARGV[a + 2], 'updated_at', ARGV[a + 3])
+  end
+  redis.call('RPUSH', hops, ARGV[a + 4])
+  redis.call('EXPIRE', status, ttl)
+  redis.call('EXPIRE', hops, ttl)
+  redis.call('PUBLISH', channel, ARGV[a + 5])
+end
+return #KEYS / 2
+"""
+
+
 class RedisView:
-    def __init__(self, url: str, timeout: float = 0.25) -> None:
+    def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 16) -> None:
         self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
+            max_connections=max_connections,
         )
         self._open_until = 0.0
         self.detail = "not checked yet"
+        self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, max_in_flight=2)
+        self._background: set[asyncio.Task[object]] = set()
+        # EVALSHA, loaded again by redis-py if Redis restarted and forgot it.
+        self._record_first_hops = self._client.register_script(RECORD_FIRST_HOPS)
+        self._first_hops: MicroBatcher[tuple[str, Hop], bool] = MicroBatcher(self._write_first_hops, max_in_flight=1)
 
     @property
     def ok(self) -> bool:
@@ -67,8 +94,11 @@ class RedisView:
         self.detail = "ok"
         return True
 
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        return await self._client.mget(keys)
+
     async def cached_answer(self, question_id: str) -> CachedAnswer | None:
-        raw = await self._call("cache read", lambda: self._client.get(cache_key(question_id)), None)
+        raw = await self._call("cache read", lambda: self._gets.submit(cache_key(question_id)), None)
         if raw is None:
             return None
         try:
@@ -77,11 +107,44 @@ class RedisView:
             log.warning("unreadable cache entry for %s ignored", question_id)
             return None
 
-    async def fill_cache(self, answer: CachedAnswer, ttl_seconds: int) -> None:
-        """Put back an answer found in PostgreSQL (after a Redis restart, an eviction, ...)."""
-        await self._call(
-            "cache write", lambda: self._client.set(cache_key(answer.question_id), answer.to_bytes(), ex=ttl_seconds), None
+    def fill_cache(self, answer: CachedAnswer, ttl_seconds: int) -> None:
+        """Put back an answer found in PostgreSQL (after a Redis restart, an eviction, ...), behind the request."""
+        if not self.ok:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._call(
+                "cache write",
+                lambda: self._client.set(cache_key(answer.question_id), answer.to_bytes(), ex=ttl_seconds),
+                None,
+            )
         )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def record_first_hop(self, question_id: str, hop: Hop) -> None:
+        """Write-behind: batched with the others of this moment; never delays the request."""
+        if self.ok:
+            self._first_hops.submit((question_id, hop))
+
+    async def _write_first_hops(self, hops: list[tuple[str, Hop]]) -> list[bool]:
+        keys: list[str] = []
+        args: list[object] = [STATUS_TTL_SECONDS, EVENTS_CHANNEL]
+        for question_id, hop in hops:
+            payload = hop.model_dump_json()
+            keys += [status_key(question_id), hops_key(question_id)]
+            args += [hop.stage.value, hop.attempt, hop.at.isoformat(), payload,
+                     f'{{"question_id": "{question_id}", "hop": {payload}}}']
+
+        async def run() -> list[bool]:
+            await self._record_first_hops(keys=keys, args=args)
+            return [True] * len(hops)
+
+        return await self._call("status write", run, [False] * len(hops))
+
+    async def drain(self) -> None:
+        await self._first_hops.drain()
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def record_hop(self, question_id: str, hop: Hop) -> bool:
         async def run() -> bool:

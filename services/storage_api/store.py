@@ -23,6 +23,7 @@ import asyncpg
 
 from services.common.cache import CachedAnswer
 from services.common.schemas import Stage
+from services.storage_api.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ class DatabaseUnavailable(Exception):
 class Lookup:
     hit: CachedAnswer | None
     claimed: bool
+    rearmed: bool = False  # claimed over an earlier run (failed, or never confirmed)
+
+
+@dataclass(frozen=True)
+class Claim:
+    question_id: str
+    question: str
+    reference_answer: str | None
+    submitted_at: datetime
+    claim: bool
 
 
 @dataclass
@@ -75,24 +86,34 @@ class StoredStatus:
         return {k: v for k, v in fields.items() if v is not None}
 
 
+# One statement for a whole batch of requests: stored answers for those that have one, and a
+# claim in ``questions`` for the others (a new row, or a failed / never-confirmed one re-armed).
 LOOKUP_OR_CLAIM = """
-WITH hit AS (
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[])
+        AS i(question_id, question, reference_answer, submitted_at, claim)
+), hit AS (
     SELECT r.question_id, r.question, r.answer, r.score, r.status, r.model, r.attempt, r.completed_at
-    FROM responses r WHERE r.question_id = $1
+    FROM responses r JOIN input USING (question_id)
 ), claimed AS (
     INSERT INTO questions AS q (question_id, question, reference_answer, state, submitted_at, updated_at)
-    SELECT $1, $2, $3, 'queued', $4, $4
-    WHERE $5 AND NOT EXISTS (SELECT 1 FROM hit)
+    SELECT i.question_id, i.question, i.reference_answer, 'queued', i.submitted_at, i.submitted_at
+    FROM input i
+    WHERE i.claim AND NOT EXISTS (SELECT 1 FROM hit h WHERE h.question_id = i.question_id)
     ON CONFLICT (question_id) DO UPDATE
         SET question = EXCLUDED.question, reference_answer = EXCLUDED.reference_answer,
             state = 'queued', submitted_at = EXCLUDED.submitted_at, updated_at = EXCLUDED.updated_at,
             terminal_at = NULL, produced_at = NULL
         WHERE q.state = 'failed'
-           OR (q.produced_at IS NULL AND q.terminal_at IS NULL AND q.updated_at < $4 - make_interval(secs => $6))
-    RETURNING q.question_id
+           OR (q.produced_at IS NULL AND q.terminal_at IS NULL
+               AND q.updated_at < EXCLUDED.updated_at - make_interval(secs => $6))
+    RETURNING q.question_id, (q.xmax = 0) AS fresh
 )
-SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, hit.*
-FROM (SELECT 1) AS one LEFT JOIN hit ON true
+SELECT i.question_id, c.question_id IS NOT NULL AS claimed, coalesce(c.fresh, false) AS fresh,
+       h.question AS hit_question, h.answer, h.score, h.status, h.model, h.attempt, h.completed_at
+FROM input i
+LEFT JOIN claimed c USING (question_id)
+LEFT JOIN hit h USING (question_id)
 """
 
 STATUS = """
@@ -117,6 +138,7 @@ class QuestionStore:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._produced: set[str] = set()
+        self._lookups: MicroBatcher[Claim, Lookup] = MicroBatcher(self._lookup_batch, max_in_flight=3)
         self.ok = False
         self.detail = "not checked yet"
 
@@ -127,7 +149,7 @@ class QuestionStore:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
                     self._dsn, min_size=2, max_size=self._max, timeout=2.0, command_timeout=5.0,
-                    max_inactive_connection_lifetime=600, init=_init_connection,
+                    max_inactive_connection_lifetime=600, init=_init_connection, reset=_keep_session,
                 )
         return self._pool
 
@@ -160,17 +182,37 @@ class QuestionStore:
     async def lookup_or_claim(
         self, question_id: str, question: str, reference: str | None, now: datetime, claim: bool
     ) -> Lookup:
-        row = await self._run(
-            "lookup", "fetchrow", LOOKUP_OR_CLAIM, question_id, question, reference, now, claim, self._requeue_after
+        """The stored answer, or whether this request claimed the question (then it must produce)."""
+        return await self._lookups.submit(Claim(question_id, question, reference, now, claim))
+
+    async def _lookup_batch(self, claims: list[Claim]) -> list[Lookup]:
+        # A statement cannot claim the same row twice: identical questions in one batch go in
+        # once, and the others coalesce on the first.
+        first: dict[str, Claim] = {}
+        for item in claims:
+            first.setdefault(item.question_id, item)
+        unique = list(first.values())
+        rows = await self._run(
+            "lookup", "fetch", LOOKUP_OR_CLAIM,
+            [c.question_id for c in unique], [c.question for c in unique], [c.reference_answer for c in unique],
+            [c.submitted_at for c in unique], [c.claim for c in unique], self._requeue_after,
         )
-        if row["question_id"] is not None:
-            hit = CachedAnswer(
-                question_id=row["question_id"], question=row["question"], answer=row["answer"],
-                score=row["score"], status=row["status"], model=row["model"], attempt=row["attempt"] or 0,
-                completed_at=row["completed_at"],
-            )
-            return Lookup(hit=hit, claimed=False)
-        return Lookup(hit=None, claimed=bool(row["claimed"]))
+        found = {row["question_id"]: row for row in rows}
+        results = []
+        for item in claims:
+            row = found[item.question_id]
+            if row["answer"] is not None:
+                hit = CachedAnswer(
+                    question_id=item.question_id, question=row["hit_question"], answer=row["answer"],
+                    score=row["score"], status=row["status"], model=row["model"], attempt=row["attempt"] or 0,
+                    completed_at=row["completed_at"],
+                )
+                results.append(Lookup(hit=hit, claimed=False))
+            elif row["claimed"] and first[item.question_id] is item:
+                results.append(Lookup(hit=None, claimed=True, rearmed=not row["fresh"]))
+            else:
+                results.append(Lookup(hit=None, claimed=False))
+        return results
 
     async def release(self, question_id: str, submitted_at: datetime) -> None:
         """Delete a claim whose produce Kafka refused (only that claim: same submitted_at)."""
@@ -233,6 +275,10 @@ class QuestionStore:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """No reset on release: the API keeps no session state, and a reset is one more round trip."""
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

@@ -1,0 +1,166 @@
+"""Ingest benchmark: ``POST /query`` latency and throughput on the 202 path (distinct questions).
+
+An open-loop load generator: requests are *scheduled* at a fixed rate and each latency is
+measured from its scheduled time, so a slow server cannot hide its queueing by slowing the
+generator down (no coordinated omission). It speaks HTTP/1.1 keep-alive over raw asyncio
+streams on uvloop, because an HTTP client library costs more CPU per request than the server
+under test and the machine has two cores.
+
+    python bench/bench_ingest.py --rate 1000 --seconds 10          # needs the stack (qactl up)
+    python bench/bench_ingest.py --url http://127.0.0.1:5001 --rate 0 --requests 5000   # flat out
+
+Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
+distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
+database miss, one row in ``questions``, one message produced and acknowledged by Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Results:
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    late_sends: int = 0  # requests the generator itself could not send within 1 ms of schedule
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def post(self, request: bytes) -> int:
+        self.writer.write(request)
+        status_line = await self.reader.readline()
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+def build_request(host: str, path: str, question: str) -> bytes:
+    body = json.dumps({"question": question}).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def run(url: str, rate: float, total: int, connections: int, warmup: int) -> Results:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        reader, writer = await asyncio.open_connection(host, port)
+        idle.put_nowait(Connection(reader, writer))
+    run_id = uuid.uuid4().hex[:8]
+    results = Results()
+
+    async def one(index: int, scheduled: float, record: bool) -> None:
+        conn = await idle.get()
+        request = build_request(parts.netloc, "/query", f"bench {run_id} question number {index}: what is {index} squared?")
+        try:
+            status = await conn.post(request)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            results.errors[type(exc).__name__] += 1
+            reader, writer = await asyncio.open_connection(host, port)
+            idle.put_nowait(Connection(reader, writer))
+            return
+        idle.put_nowait(conn)
+        if record:
+            results.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+            results.statuses[status] += 1
+
+    # Warm-up: connections, statement caches, the producer's first batches; not recorded.
+    await asyncio.gather(*(one(-i - 1, time.perf_counter(), False) for i in range(warmup)))
+    tasks = []
+    start = time.perf_counter()
+    for index in range(total):
+        scheduled = start + index / rate if rate > 0 else time.perf_counter()
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            results.late_sends += 1
+        tasks.append(asyncio.create_task(one(index, scheduled, True)))
+        if rate <= 0 and len(tasks) % connections == 0:
+            await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    results.elapsed = time.perf_counter() - start  # type: ignore[attr-defined]
+    while not idle.empty():
+        idle.get_nowait().writer.close()
+    return results
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def report(results: Results, rate: float) -> None:
+    latencies = sorted(results.latencies_ms)
+    elapsed = getattr(results, "elapsed", float("nan"))
+    print(f"requests      {len(latencies)} in {elapsed:.2f} s -> {len(latencies) / elapsed:.0f} req/s"
+          f" (target {'max' if rate <= 0 else f'{rate:.0f}'} req/s)")
+    print(f"status codes  {dict(results.statuses)}" + (f"  errors {dict(results.errors)}" if results.errors else ""))
+    if latencies:
+        print(
+            "latency ms    p50 {:.2f}  p90 {:.2f}  p99 {:.2f}  p99.9 {:.2f}  max {:.2f}  mean {:.2f}".format(
+                percentile(latencies, 0.50), percentile(latencies, 0.90), percentile(latencies, 0.99),
+                percentile(latencies, 0.999), latencies[-1], statistics.fmean(latencies),
+            )
+        )
+    if results.late_sends:
+        print(f"generator     {results.late_sends} request(s) sent >1 ms after schedule (generator saturated)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="storage API base URL (default: from qactl settings)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second; 0 = as fast as possible")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration at --rate")
+    parser.add_argument("--requests", type=int, help="total requests (default: rate x seconds, or 5000)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=500)
+    args = parser.parse_args()
+    url = args.url
+    if url is None:
+        from services.common.settings import get_settings
+
+        url = get_settings().api.base_url
+    total = args.requests or (int(args.rate * args.seconds) if args.rate > 0 else 5000)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print(f"POST {url}/query, {total} distinct questions, {args.connections} keep-alive connections")
+    results = runner(run(url, args.rate, total, args.connections, args.warmup))
+    report(results, args.rate)
+
+
+if __name__ == "__main__":
+    main()

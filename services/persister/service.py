@@ -1,0 +1,227 @@
+"""The persister: terminal outcomes from Kafka into PostgreSQL and the Redis cache, each once.
+
+It consumes ``validated-responses``, ``low-quality-responses`` and ``questions-dead-letter``
+(group ``persister``). Each message becomes an ``Outcome`` (``records.py``) written in one
+transaction (``writer.py``) guarded by the question's terminal state, so a replay writes nothing
+twice. Offsets are committed only after the database commit; while PostgreSQL is down the loop
+waits and retries with backoff, holding the message, so nothing is lost and ``/health`` says so.
+
+A message that does not decode goes to the dead letter with the reason, unless it *is* on the
+dead-letter topic: then it is stored as a ``poison`` failure right here, never re-sent (no loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common import topics
+from services.common.kafka import flush_or_raise, is_real_error, make_consumer, make_producer, send_poison_to_dead_letter
+from services.common.schemas import DeadLetter, PoisonMessage, ScoredAnswer, decode
+from services.common.settings import QactlSettings
+from services.persister.cache import AnswerCache
+from services.persister.records import Outcome, outcome_of_answer, outcome_of_dead_letter, outcome_of_poison_dead_letter
+from services.persister.writer import DatabaseDown, Unstorable, Writer, WriteResult
+
+log = logging.getLogger(__name__)
+
+GROUP = "persister"
+SUBSCRIBED = [topics.VALIDATED.name, topics.LOW_QUALITY.name, topics.DEAD_LETTER.name]
+BATCH = 200
+MAX_BACKOFF_SECONDS = 5.0
+KAFKA_PROBE_SECONDS = 5.0
+
+WRITTEN = Counter("qactl_persister_outcomes", "Messages handled, by topic and result", ["topic", "result"])
+POISON = Counter("qactl_persister_poison", "Undecodable messages, by topic", ["topic"])
+WRITE_SECONDS = Histogram(
+    "qactl_persister_write_seconds", "Time to write one outcome (one transaction)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+DB_UP = Gauge("qactl_persister_postgres_up", "1 when the last PostgreSQL write or probe succeeded")
+END_TO_END = Histogram(
+    "qactl_persister_end_to_end_seconds", "Submission to terminal state, by state", ["state"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+
+
+class Persister:
+    def __init__(self, settings: QactlSettings, stop: threading.Event, writer: Writer | None = None,
+                 cache: AnswerCache | None = None, client_id: str = "persister") -> None:
+        self.settings = settings
+        self.stop = stop
+        self.writer = writer or Writer(settings.postgres.url)
+        self.cache = cache or AnswerCache(settings.redis.connection_url, settings.redis.cache_ttl_seconds)
+        self.client_id = client_id
+        self.kafka_ok = False
+        self.kafka_detail = "not connected yet"
+        self.running = False
+        self.failure: BaseException | None = None
+        self.last_commit_at: float | None = None
+        self.waiting_since: float | None = None  # set while a message waits for PostgreSQL
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        postgres_ok = self.writer.ok
+        ok = self.running and self.failure is None and postgres_ok and self.kafka_ok
+        if self.failure is not None:
+            status = "failed"
+        elif not postgres_ok:
+            status = "waiting for postgres"
+        elif not self.kafka_ok:
+            status = "waiting for kafka"
+        else:
+            status = "ok" if self.cache.ok else "degraded (no redis cache)"
+        report: dict[str, Any] = {
+            "ok": ok,
+            "status": status,
+            "postgres": {"ok": postgres_ok, "detail": self.writer.detail},
+            "kafka": {"ok": self.kafka_ok, "detail": self.kafka_detail},
+            "redis": {"ok": self.cache.ok, "detail": self.cache.detail},
+        }
+        if self.waiting_since is not None:
+            report["holding_message_for_seconds"] = round(time.monotonic() - self.waiting_since, 1)
+        if self.failure is not None:
+            report["failure"] = repr(self.failure)
+        return report
+
+    # -- loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            with ExitStack() as stack:
+                producer = make_producer(self.settings, self.client_id)
+                stack.callback(producer.flush, 30)
+                consumer = make_consumer(
+                    self.settings, GROUP, SUBSCRIBED, client_id=self.client_id, error_cb=self._on_kafka_error
+                )
+                stack.callback(consumer.close)
+                stack.callback(self.writer.close)
+                stack.callback(self.cache.close)
+                self.writer.connect_quietly()
+                self.running = True
+                self._loop(consumer, producer)
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("persister stopped on failure")
+            raise
+        finally:
+            self.running = False
+
+    def _loop(self, consumer: Consumer, producer: Producer) -> None:
+        next_probe = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() >= next_probe:
+                self._probe_kafka(consumer)
+                next_probe = time.monotonic() + KAFKA_PROBE_SECONDS
+            messages = consumer.consume(BATCH, timeout=0.5)
+            if not messages:
+                continue
+            done: dict[tuple[str, int], int] = {}
+            forwarded = False
+            for msg in messages:
+                if msg.error() is not None:
+                    if is_real_error(msg):
+                        log.warning("consumer error: %s", msg.error())
+                    continue
+                result = self.handle(msg, producer)
+                if result is None:
+                    break  # stopping while PostgreSQL is down: this one stays uncommitted
+                forwarded = forwarded or result == "forwarded"
+                done[(msg.topic(), msg.partition())] = msg.offset() + 1
+            if forwarded:
+                flush_or_raise(producer)  # the dead letter is durable before its source is committed
+            self._commit(consumer, done)
+
+    def handle(self, msg: Message, producer: Producer) -> str | None:
+        """Persist one message; the result label, or None if stopped before it was written."""
+        topic = msg.topic() or ""
+        source = f"{topic}[{msg.partition()}]@{msg.offset()}"
+        try:
+            outcome = self._outcome(msg, topic, source)
+        except PoisonMessage as exc:
+            POISON.labels(topic).inc()
+            if topic != topics.DEAD_LETTER.name:
+                send_poison_to_dead_letter(producer, msg, exc)
+                WRITTEN.labels(topic, "forwarded").inc()
+                return "forwarded"
+            log.warning("poison message on the dead-letter topic %s: %s; stored as a poison failure", source, exc)
+            outcome = outcome_of_poison_dead_letter(msg.key(), msg.value(), str(exc), topic, msg.partition() or 0, msg.offset() or 0)
+        result = self._write(outcome)
+        if result is None:
+            return None
+        WRITTEN.labels(topic, result.kind).inc()
+        if result.kind == "written":
+            END_TO_END.labels(outcome.state.value).observe(max(0.0, (outcome.terminal_at - outcome.submitted_at).total_seconds()))
+        elif result.kind == "conflict":
+            log.warning(
+                "%s: %s already ended %s; this %s outcome is ignored", source, outcome.question_id,
+                result.stored_state, outcome.state.value,
+            )
+        if result.cache_entry is not None:
+            self.cache.put(result.cache_entry)
+        return result.kind
+
+    @staticmethod
+    def _outcome(msg: Message, topic: str, source: str) -> Outcome:
+        if topic == topics.DEAD_LETTER.name:
+            return outcome_of_dead_letter(decode(DeadLetter, msg.value()), source)
+        return outcome_of_answer(decode(ScoredAnswer, msg.value()), topic, source)
+
+    def _write(self, outcome: Outcome) -> WriteResult | None:
+        """Write, waiting out PostgreSQL outages with backoff; None if asked to stop meanwhile."""
+        backoff = 0.25
+        while True:
+            started = time.perf_counter()
+            try:
+                result = self.writer.write(outcome)
+            except DatabaseDown as exc:
+                DB_UP.set(0)
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+                    log.warning("postgres unavailable, holding %s until it is back: %s", outcome.source, exc)
+                if self.stop.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            except Unstorable as exc:
+                # The data itself cannot be stored (not a transient failure): keep the question's
+                # failure on record instead, and never retry forever.
+                log.error("%s cannot be stored as %s: %s", outcome.source, outcome.state.value, exc)
+                result = self.writer.write_unstorable(outcome, str(exc))
+            DB_UP.set(1)
+            WRITE_SECONDS.observe(time.perf_counter() - started)
+            if self.waiting_since is not None:
+                log.info("postgres is back after %.1fs", time.monotonic() - self.waiting_since)
+                self.waiting_since = None
+            return result
+
+    def _commit(self, consumer: Consumer, done: dict[tuple[str, int], int]) -> None:
+        if not done:
+            return
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in done.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self.last_commit_at = time.time()
+        except KafkaException as exc:
+            # Not fatal: the messages are replayed after a rebalance and written nothing twice.
+            log.warning("offset commit failed (replay is harmless): %s", exc)
+
+    def _probe_kafka(self, consumer: Consumer) -> None:
+        try:
+            consumer.list_topics(topics.VALIDATED.name, timeout=2.0)
+        except KafkaException as exc:
+            self.kafka_ok, self.kafka_detail = False, f"unreachable: {exc}"
+            return
+        self.kafka_ok, self.kafka_detail = True, "ok"
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
+            self.kafka_ok, self.kafka_detail = False, f"unreachable: {err.str()}"
+        log.warning("kafka: %s", err.str())
