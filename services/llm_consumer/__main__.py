@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from services.common.runner import install_stop_handlers, serve_metrics_and_health, setup_logging
@@ -17,6 +18,7 @@ def main() -> int:
 
     replica = service_replica()
     log = setup_logging(f"llm-consumer-{replica}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM call is noise
     settings = get_settings()
     stop = install_stop_handlers()
     backend, description = choose_backend(settings)

@@ -20,6 +20,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import BaseModel
 
 from qactl.client import kafka_admin
+from qactl.runtime.services import components
+from qactl.runtime.supervisor import ProcessSpec, Supervisor
 from services.common.schemas import QuestionMessage, encode, model_for_topic, question_id_for
 from services.common.settings import QactlSettings
 
@@ -211,7 +213,7 @@ def settings_for_tests(**overrides: Any) -> QactlSettings:
 
     base = int(os.environ.get("QACTL_TEST_PORT_BASE", "23000"))
     values: dict[str, Any] = {
-        "state_dir": os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-test-{base}"),
+        "state_dir": os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-services-test-{base}"),
         "kafka": {"port": base + 92, "controller_port": base + 93},
         "redis": {"port": base + 379},
         "postgres": {"port": base + 432},
@@ -236,3 +238,38 @@ def ensure_kafka_and_redis(settings: QactlSettings) -> QactlSettings:
 
     Stack(settings, components=[*kafka.components(settings), *redis.components(settings)]).up()
     return settings
+
+
+# --- services as processes, declared as `qactl up` declares them ---
+
+
+def specs_of(settings: QactlSettings, name: str) -> list[ProcessSpec]:
+    (component,) = [c for c in components(settings) if c.name == name]
+    return list(component.processes())
+
+
+@contextmanager
+def supervised(settings: QactlSettings, specs: list[ProcessSpec]) -> Iterator[Supervisor]:
+    supervisor = Supervisor(settings)
+    try:
+        for spec in specs:
+            supervisor.start(spec)
+        for spec in specs:
+            supervisor.wait_healthy(spec)
+        yield supervisor
+    finally:
+        for spec in specs:
+            supervisor.stop(spec.name, timeout=20)
+
+
+def health_of(spec: ProcessSpec) -> dict:
+    return httpx.get(f"http://127.0.0.1:{spec.ports[0].number}/health", timeout=2).json()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

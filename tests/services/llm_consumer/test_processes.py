@@ -1,0 +1,58 @@
+"""llm-consumer replicas as real processes, declared exactly as `qactl up` declares them.
+
+kill -9 while LLM calls are in flight: every question still produces its outcome
+(at-least-once; duplicates are allowed and absorbed downstream by the persister).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from services.common import topics
+from services.common.settings import QactlSettings
+from tests.services.pipeline import (
+    Gateway,
+    health_of,
+    produce_models,
+    specs_of,
+    supervised,
+    unique_question,
+    wait_until,
+    watching,
+)
+
+pytestmark = pytest.mark.stack
+
+
+def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(stack_settings: QactlSettings) -> None:
+    settings = stack_settings.model_copy(
+        update={
+            "llm": stack_settings.llm.model_copy(update={"concurrency": 4}),
+            "services": stack_settings.services.model_copy(update={"llm_consumer_replicas": 2}),
+        }
+    )
+    questions = [unique_question(f"kill-{i}") for i in range(24)]
+    ids = {q.question_id for q in questions}
+    specs = specs_of(settings, "llm-consumer")
+    victim, survivor = specs
+    # Every call takes 1.5 s, so calls are surely in flight when the victim is killed.
+    with Gateway(settings, latency_ms=1500) as gateway, watching(settings, topics.LLM_SUCCESS.name) as watch:
+        with supervised(settings, specs) as supervisor:
+            wait_until(lambda: health_of(victim)["assigned"] and health_of(survivor)["assigned"], 30, "both assigned")
+            produce_models(settings, topics.QUESTIONS_PENDING.name, questions)
+            wait_until(lambda: health_of(victim)["in_flight"] > 0, 30, "calls in flight in the victim")
+            in_flight_when_killed = health_of(victim)["in_flight"]
+            os.kill(supervisor.state(victim.name).pid, signal.SIGKILL)  # type: ignore[arg-type]
+            watch.wait_for(
+                lambda seen: ids <= {s.message.question_id for s in seen}, 90, "an answer for every question"
+            )
+            assert not supervisor.is_running(victim.name)
+        calls = gateway.stats()["total"]
+    answered = [s.message.question_id for s in watch.seen if s.message.question_id in ids]
+    assert set(answered) == ids
+    assert in_flight_when_killed > 0
+    # The killed replica's unfinished calls were redone by the survivor: more calls than questions.
+    assert calls > len(ids), (calls, len(ids))
