@@ -124,7 +124,9 @@ class LLMBackend(ABC):
         self.timeout_seconds = timeout_seconds
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            # Idle connections are dropped before common servers' keep-alive ends (uvicorn: 5 s),
+            # so a call never goes out on a connection the server is closing.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=4.0),
         )
 
     @property

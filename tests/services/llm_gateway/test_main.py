@@ -14,14 +14,18 @@ import httpx
 from tests.services.llm_gateway.server import free_port
 
 
-def test_serves_its_settings_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+def start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACTL_")}
     env.update(QACTL_GATEWAY__PORT=str(port), QACTL_GATEWAY__SEED="5", QACTL_GATEWAY__ADMIN_TOKEN="t0ken")
-    log = (tmp_path / "gateway.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.llm_gateway"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with (tmp_path / "gateway.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.llm_gateway"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def test_serves_its_settings_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = start(tmp_path, port)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -41,6 +45,22 @@ def test_serves_its_settings_and_stops_on_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-        log.close()
     output = (tmp_path / "gateway.log").read_text()
     assert f"serving on {url}" in output and "stopped" in output
+
+
+def test_a_sigterm_during_startup_is_not_lost(tmp_path: Path) -> None:
+    process = start(tmp_path, free_port())
+    log = tmp_path / "gateway.log"
+    try:
+        deadline = time.monotonic() + 30
+        while "serving on" not in log.read_text():  # our handler is in place, uvicorn may not be
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "stopped" in log.read_text()
