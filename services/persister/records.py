@@ -103,7 +103,8 @@ def outcome_of_dead_letter(letter: DeadLetter, source: str) -> Outcome:
         terminal_at=letter.failed_at,
         source=source,
         failure=letter,
-        timings=stage_timings(hops, submitted_at, letter.failed_at),
+        # Without the question's own message (a poison forwarded here) there is no journey to time.
+        timings=stage_timings(hops, submitted_at, letter.failed_at) if carried is not None else [],
         hops=hops,
     )
 
