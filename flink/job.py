@@ -35,7 +35,11 @@ from pyflink.datastream import (
     RuntimeContext,
     StreamExecutionEnvironment,
 )
-from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaSource,
+)
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
@@ -133,10 +137,10 @@ def build(env: StreamExecutionEnvironment, config_json: str, args: argparse.Name
         .set_bootstrap_servers(bootstrap)
         .set_topics(topics.LLM_SUCCESS.name)
         .set_group_id(CONSUMER_GROUP)
-        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets())
+        # Resume where the last checkpoint committed; the very first run reads from the start.
+        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("commit.offsets.on.checkpoint", "true")
-        .set_property("auto.offset.reset", "earliest")
         .build()
     )
     answers = env.from_source(source, WatermarkStrategy.no_watermarks(), topics.LLM_SUCCESS.name)

@@ -66,6 +66,7 @@ def up(only: OnlyOption = None) -> None:
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
         result = stack.up(progress)
+    console.line()
     if not result.changed:
         console.print("[green]Everything was already up; nothing changed.[/]")
     else:
@@ -97,6 +98,8 @@ def down(
 def _say_down(component: str, phase: str, detail: str) -> None:
     if phase == "stopping":
         console.print(f"  stopping {detail}")
+    elif phase == "setup":
+        console.print(f"  {detail}")
     elif phase == "failed":
         console.print(f"  [yellow]{component}: {detail}[/]")
 
