@@ -39,14 +39,14 @@ _STAGE_STYLE = {
 def describe_hop(hop: Hop, started: float | None = None) -> Text:
     """One line of narration for a hop: when, which stage, and what happened there."""
     line = Text()
-    elapsed = f"+{hop.at.timestamp() - started:6.2f}s " if started is not None else ""
+    elapsed = f"+{hop.at.timestamp() - started:.2f}s " if started is not None else ""
     line.append(f"{hop.at:%H:%M:%S}.{hop.at.microsecond // 1000:03d} {elapsed}", style="dim")
-    line.append(f"{hop.stage.value:<17}", style=_STAGE_STYLE.get(hop.stage, ""))
+    line.append(f"{hop.stage.value:<18}", style=_STAGE_STYLE.get(hop.stage, ""))
+    if hop.topic:
+        line.append(f"-> {hop.topic}  ", style="dim")
     details = []
     if hop.attempt:
         details.append(f"attempt {hop.attempt}")
-    if hop.topic:
-        details.append(f"-> {hop.topic}")
     if hop.error is not None:
         code = f" {hop.error.status_code}" if hop.error.status_code else ""
         details.append(f"{hop.error.kind.value}{code}: {hop.error.message}".strip())
@@ -56,7 +56,7 @@ def describe_hop(hop: Hop, started: float | None = None) -> Text:
         details.append(f"wait {hop.delay_seconds:.1f}s")
     if hop.note:
         details.append(hop.note)
-    line.append(" ".join(details[:2]) + ("  " + "; ".join(details[2:]) if details[2:] else ""))
+    line.append(", ".join(details))
     return line
 
 
