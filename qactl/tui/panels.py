@@ -298,7 +298,7 @@ def page_tabs(pages: Sequence[tuple[str, str]], current: str) -> Content:
 
 # --- recent questions (a DataTable: rows, not one renderable) ---
 
-QUESTION_COLUMNS = ("question", "state", "att", "score", "age")
+QUESTION_COLUMNS = ("question", "state", "att", "score", "at")
 
 
 def question_cells(row: QuestionRow, now: datetime, threshold: float, label_width: int = 40) -> tuple[Text, ...]:
@@ -310,7 +310,9 @@ def question_cells(row: QuestionRow, now: datetime, threshold: float, label_widt
         Text(row.stage.value, style=STAGE_STYLE.get(row.stage, "")),
         Text(str(row.attempt), justify="right"),
         Text("–" if row.score is None else f"{row.score:.3f}", style=score_style, justify="right"),
-        Text(seconds(max(0.0, (now - row.updated_at).total_seconds())), style="dim", justify="right"),
+        # The clock time of the last hop, in the snapshot's zone: unlike an age, it only changes
+        # when the question moves, so an idle table costs nothing to refresh.
+        Text(row.updated_at.astimezone(now.tzinfo).strftime("%H:%M:%S"), style="dim"),
     )
 
 

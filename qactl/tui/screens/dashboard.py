@@ -34,18 +34,48 @@ class DashboardScreen(Screen[None]):
         yield Static(id="pages")
         with Grid(id="panels"):
             yield SnapshotPanel(
-                "topic · msg/s · total · last minute", panels.topic_flow, id="flow", classes="panel page-flow"
+                "topic · msg/s · total · last minute",
+                panels.topic_flow,
+                lambda s: (s.topics, s.errors.get("kafka")),
+                id="flow",
+                classes="panel page-flow",
             )
             with Container(id="side", classes="panel page-flow"):
-                yield SnapshotPanel("consumer lag", panels.consumer_lag, id="lag")
-                yield SnapshotPanel("flink", panels.flink_jobs, id="flink")
-            yield SnapshotPanel("scores", panels.score_histogram, id="scores", classes="panel page-quality")
+                yield SnapshotPanel(
+                    "consumer lag", panels.consumer_lag, lambda s: (s.lags, s.errors.get("lag")), id="lag"
+                )
+                yield SnapshotPanel(
+                    "flink", panels.flink_jobs, lambda s: (s.flink_jobs, s.errors.get("flink")), id="flink"
+                )
             yield SnapshotPanel(
-                "outcomes", panels.regeneration_outcomes, id="regenerations", classes="panel page-quality"
+                "scores",
+                panels.score_histogram,
+                lambda s: (s.scores, s.errors.get("postgres")),
+                id="scores",
+                classes="panel page-quality",
             )
-            yield SnapshotPanel("retries", panels.retries, id="retries", classes="panel page-quality")
+            yield SnapshotPanel(
+                "outcomes",
+                panels.regeneration_outcomes,
+                lambda s: (s.regenerations, s.errors.get("postgres")),
+                id="regenerations",
+                classes="panel page-quality",
+            )
+            yield SnapshotPanel(
+                "retries",
+                panels.retries,
+                lambda s: (s.retries, s.delay_scale, s.errors.get("kafka")),
+                id="retries",
+                classes="panel page-quality",
+            )
             yield QuestionTable(id="questions", classes="panel page-questions")
-            yield SnapshotPanel("components", panels.components, id="health", classes="panel page-health")
+            yield SnapshotPanel(
+                "components",
+                panels.components,
+                lambda s: (s.components, s.errors.get("health")),
+                id="health",
+                classes="panel page-health",
+            )
         yield Footer()
 
     page = "flow"
@@ -71,8 +101,10 @@ class DashboardScreen(Screen[None]):
 
     def show_snapshot(self, snapshot: Snapshot | None) -> None:
         app = self.app
+        # One fixed-height line: no layout pass needed.
         self.query_one("#status-line", Static).update(
-            panels.status_line(snapshot, getattr(app, "refresh_seconds", 1.0), getattr(app, "paused", False))
+            panels.status_line(snapshot, getattr(app, "refresh_seconds", 1.0), getattr(app, "paused", False)),
+            layout=False,
         )
         if snapshot is None:
             return

@@ -228,3 +228,15 @@ async def test_without_runner_or_gateway_the_keys_explain_why(source):
         await pilot.pause()
         messages = " ".join(str(n.message) for n in app._notifications)
         assert "no demo runner" in messages and "no gateway client" in messages
+
+
+async def test_a_panel_whose_data_did_not_change_is_not_drawn_again(source):
+    from qactl.tui.widgets.panel import SnapshotPanel
+
+    app = app_for(source, refresh=0.02)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 4)
+        await pilot.pause()
+        renders = {p.id: p.renders for p in app.screen.query(SnapshotPanel)}
+    assert source.calls >= 4
+    assert set(renders.values()) == {1}, renders  # the recorded data never changes

@@ -101,7 +101,7 @@ def test_question_cells_colour_scores_against_the_threshold():
     snap = recorded_snapshot()
     regenerating = snap.questions[2]
     cells = panels.question_cells(regenerating, T0, 0.75, label_width=20)
-    assert [c.plain for c in cells] == ["Explain the differe…", "regenerating", "1", "0.612", "3.0s"]
+    assert [c.plain for c in cells] == ["Explain the differe…", "regenerating", "1", "0.612", "09:26:50"]
     assert cells[3].style == "red"
     unnamed = panels.question_cells(snap.questions[5], T0, 0.75)
     assert unnamed[0].plain == "q-0006"
