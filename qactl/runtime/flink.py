@@ -193,13 +193,20 @@ def write_config(settings: QactlSettings) -> None:
 
 
 def link_libs(settings: QactlSettings) -> None:
-    """Our lib dir: the distribution's jars plus the connector, as symlinks (rebuilt each time)."""
+    """Our lib dir: the distribution's jars plus the connector, as symlinks.
+
+    Left alone when already right: a running cluster opens some jars lazily.
+    """
     lib = lib_dir(settings)
-    if lib.exists():
+    wanted = {jar.name: jar for jar in [*sorted((flink_home() / "lib").glob("*.jar")), flink_connector_jar(settings)]}
+    if lib.is_dir():
+        current = {link.name: Path(os.readlink(link)) for link in lib.iterdir() if link.is_symlink()}
+        if current == wanted and len(list(lib.iterdir())) == len(wanted):
+            return
         shutil.rmtree(lib)
     lib.mkdir(parents=True)
-    for jar in [*sorted((flink_home() / "lib").glob("*.jar")), flink_connector_jar(settings)]:
-        (lib / jar.name).symlink_to(jar)
+    for name, jar in wanted.items():
+        (lib / name).symlink_to(jar)
 
 
 def provision(settings: QactlSettings, report: Report) -> None:

@@ -23,6 +23,9 @@ from qactl.errors import ComponentFailed, PortInUseError
 from services.common.settings import QactlSettings
 
 
+NO_PROBE_GRACE_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class Health:
     ok: bool
@@ -104,9 +107,10 @@ class Supervisor:
 
     def _read_pid(self, name: str) -> dict | None:
         try:
-            return json.loads(self.pid_file(name).read_text())
+            record = json.loads(self.pid_file(name).read_text())
         except (OSError, ValueError):
             return None
+        return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
 
     def state(self, name: str) -> ProcessState:
         record = self._read_pid(name)
@@ -163,7 +167,8 @@ class Supervisor:
 
     def wait_healthy(self, spec: ProcessSpec, on_wait: Callable[[str], None] | None = None) -> Health:
         """Poll ``spec.health`` until ok; fail fast if the process died, with its log's tail."""
-        deadline = time.monotonic() + spec.start_timeout
+        started = time.monotonic()
+        deadline = started + spec.start_timeout
         last = Health(False, "starting")
         while time.monotonic() < deadline:
             if not self.is_running(spec.name):
@@ -171,7 +176,11 @@ class Supervisor:
                     f"{spec.name} exited during start; last log lines:\n{self.tail(spec.name, 15)}"
                 )
             if spec.health is None:
-                return Health(True, "running")
+                # No probe: alive after a short grace period is all we can know.
+                if time.monotonic() - started >= NO_PROBE_GRACE_SECONDS:
+                    return Health(True, "running")
+                time.sleep(0.1)
+                continue
             try:
                 last = spec.health()
             except Exception as exc:  # a probe that raises is simply not healthy yet

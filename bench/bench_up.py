@@ -1,0 +1,128 @@
+"""Time to all-healthy of the infrastructure (cold and warm) and its idle memory.
+
+    python bench/bench_up.py [--port-base 27500] [--warm-runs 2] [--idle-seconds 15] [--keep]
+
+- cold: a fresh state dir (initdb, KRaft format, topic creation, migrations); the jar caches
+  are whatever is there, and the report says whether Maven had to resolve jars.
+- warm: `down` then `up` again on the existing state (what a second working day looks like).
+- idle RSS: resident memory summed over each process group (PostgreSQL's backends, Flink's
+  JVM) after ``--idle-seconds`` of quiet, from /proc.
+
+Runs through the same `Stack` as `qactl up`; ports are ``port_base + offset`` as in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qactl.runtime import flink, kafka, maven  # noqa: E402
+from qactl.runtime.stack import Stack  # noqa: E402
+from qactl.runtime.supervisor import Supervisor  # noqa: E402
+from services.common.settings import QactlSettings  # noqa: E402
+from tests.stack import INFRA, test_settings  # noqa: E402
+
+
+def jars_cached(settings: QactlSettings) -> dict[str, bool]:
+    return {
+        "kafka": maven.is_complete(
+            kafka.libs_dir(settings), maven.asset("kafka", "pom.xml"), {"kafka.version": settings.kafka.version}
+        ),
+        "flink connector": maven.is_complete(
+            flink.connectors_dir(settings),
+            maven.asset("flink", "pom.xml"),
+            {"flink.connector.kafka.version": settings.flink.connector_version},
+        ),
+    }
+
+
+def timed_up(stack: Stack) -> tuple[float, dict[str, float]]:
+    """Seconds to all-healthy, and when each component became ready (from the start)."""
+    start = time.monotonic()
+    ready: dict[str, float] = {}
+
+    def events(component: str, phase: str, detail: str) -> None:
+        if phase in ("ready", "unchanged", "external"):
+            ready[component] = time.monotonic() - start
+
+    stack.up(events)
+    return time.monotonic() - start, ready
+
+
+def group_rss_kib(pgid: int) -> int:
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def idle_rss(stack: Stack, settings: QactlSettings) -> dict[str, int]:
+    supervisor = Supervisor(settings)
+    found = {}
+    for component in stack.components:
+        for spec in component.processes():
+            pid = supervisor.state(spec.name).pid
+            if pid is not None:
+                found[spec.name] = group_rss_kib(pid)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port-base", type=int, default=27500)
+    parser.add_argument("--warm-runs", type=int, default=2)
+    parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument("--keep", action="store_true", help="leave the stack up (and its state) at the end")
+    args = parser.parse_args()
+
+    settings = test_settings(args.port_base, state_dir=f"/tmp/qactl-bench-{args.port_base}")
+    stack = Stack(settings, only=INFRA)
+    stack.down()
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+
+    cached = jars_cached(settings)
+    print(f"state dir {settings.state_dir}, cache {settings.cache_dir}")
+    print("jars already in the cache: " + ", ".join(f"{k} {'yes' if v else 'no (Maven resolves them)'}" for k, v in cached.items()))
+
+    cold, cold_ready = timed_up(stack)
+    print(f"cold up: {cold:6.1f} s to all-healthy   " + "  ".join(f"{k} {v:.1f}" for k, v in cold_ready.items()))
+
+    warm_times = []
+    for run in range(1, args.warm_runs + 1):
+        start = time.monotonic()
+        stack.down()
+        down_seconds = time.monotonic() - start
+        warm, warm_ready = timed_up(stack)
+        warm_times.append(warm)
+        print(
+            f"warm up #{run}: {warm:6.1f} s to all-healthy (down took {down_seconds:.1f} s)   "
+            + "  ".join(f"{k} {v:.1f}" for k, v in warm_ready.items())
+        )
+
+    time.sleep(args.idle_seconds)
+    rss = idle_rss(stack, settings)
+    print(f"idle resident memory after {args.idle_seconds:.0f} s (process group sums):")
+    for name, kib in rss.items():
+        print(f"  {name:<20} {kib / 1024:8.0f} MiB")
+    print(f"  {'total':<20} {sum(rss.values()) / 1024:8.0f} MiB")
+
+    if not args.keep:
+        stack.down(purge=True)
+
+
+if __name__ == "__main__":
+    main()

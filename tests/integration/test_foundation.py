@@ -1,0 +1,321 @@
+"""The foundation on the real stack: Kafka, Flink, PostgreSQL and Redis started by `qactl up`'s code.
+
+The destructive tests (a killed process, `down`) come last and bring the stack back up, so the
+session's stack is whole for the test modules that follow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from qactl.client import kafka_admin, pg, redis_client
+from qactl.client.flink_rest import FlinkRest
+from qactl.runtime import flink
+from qactl.runtime.stack import Stack
+from qactl.runtime.supervisor import Supervisor, port_is_listening
+from services.common.settings import QactlSettings
+from services.common.topics import CONTRACT_TOPICS, Topic, all_topics
+from tests.stack import INFRA
+
+pytestmark = pytest.mark.stack
+
+JOB = Path(__file__).parent / "jobs" / "copy_topic.py"
+
+
+def consume_until(bootstrap: str, topic: str, wanted: bytes, timeout: float) -> bytes | None:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None and message.value() == wanted:
+                return message.value()
+        return None
+    finally:
+        consumer.close()
+
+
+def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer.produce(topic, value, key=key)
+    assert producer.flush(30) == 0
+
+
+# --- Kafka ---
+
+
+def test_topics_exist_with_their_partition_counts(infra_stack: QactlSettings) -> None:
+    info = kafka_admin.cluster_info(infra_stack.kafka.bootstrap)
+    assert info.brokers == 1
+    for topic in all_topics(infra_stack.policies):
+        assert info.topics.get(topic.name) == topic.partitions, topic.name
+    assert {t.name: t.partitions for t in CONTRACT_TOPICS} == {
+        "questions-pending": 3,
+        "llm-responses-success": 3,
+        "llm-responses-error-overload": 2,
+        "llm-responses-error-quota": 2,
+        "validated-responses": 2,
+        "low-quality-responses": 1,
+        "questions-dead-letter": 1,
+    }
+
+
+def test_produce_consume_round_trip_moves_offsets_and_lag(infra_stack: QactlSettings) -> None:
+    bootstrap = infra_stack.kafka.bootstrap
+    topic = f"test-round-trip-{uuid.uuid4().hex[:8]}"
+    assert kafka_admin.ensure_topics(bootstrap, [Topic(topic, 1, "test")]) == [topic]
+    value = f"hello {uuid.uuid4()}".encode()
+    produce(bootstrap, topic, value)
+    assert kafka_admin.end_offsets(bootstrap, topic) == {0: 1}
+
+    group = f"test-{uuid.uuid4()}"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + 60
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+        assert message is not None and message.error() is None and message.value() == value
+        consumer.commit(message, asynchronous=False)
+    finally:
+        consumer.close()
+    assert kafka_admin.consumer_group_lag(bootstrap, group) == {(topic, 0): 0}
+    produce(bootstrap, topic, b"one more")
+    assert kafka_admin.consumer_group_lag(bootstrap, group) == {(topic, 0): 1}
+
+
+def test_topic_creation_is_idempotent_and_refuses_a_wrong_partition_count(infra_stack: QactlSettings) -> None:
+    bootstrap = infra_stack.kafka.bootstrap
+    assert kafka_admin.ensure_topics(bootstrap, all_topics(infra_stack.policies)) == []
+    name = f"test-mismatch-{uuid.uuid4().hex[:8]}"
+    kafka_admin.ensure_topics(bootstrap, [Topic(name, 2, "test")])
+    with pytest.raises(kafka_admin.TopicMismatch, match=f"{name} has 2 partitions, expected 1"):
+        kafka_admin.ensure_topics(bootstrap, [Topic(name, 1, "test")])
+
+
+# --- Flink ---
+
+
+def test_flink_overview_shows_a_taskmanager_with_free_slots(infra_stack: QactlSettings) -> None:
+    rest = FlinkRest(infra_stack.flink.rest)
+    overview = rest.overview()
+    assert overview.taskmanagers >= 1
+    assert overview.slots_available >= 1
+    assert overview.flink_version.startswith("2.2")
+    assert rest.taskmanagers()[0].slots_total == infra_stack.flink.taskmanager_slots
+
+
+def test_a_pyflink_job_copies_one_kafka_topic_to_another_on_the_cluster(infra_stack: QactlSettings) -> None:
+    bootstrap = infra_stack.kafka.bootstrap
+    suffix = uuid.uuid4().hex[:8]
+    source, sink, name = f"test-copy-in-{suffix}", f"test-copy-out-{suffix}", f"test-copy-{suffix}"
+    kafka_admin.ensure_topics(bootstrap, [Topic(source, 1, "test"), Topic(sink, 1, "test")])
+    argv = flink.submit_argv(infra_stack, JOB, "--bootstrap", bootstrap, "--input", source, "--output", sink,
+                             "--name", name)  # fmt: skip
+    submitted = subprocess.run(
+        argv, env={**os.environ, **flink.flink_env(infra_stack)}, capture_output=True, text=True, timeout=600
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    rest = FlinkRest(infra_stack.flink.rest)
+    try:
+        (job,) = rest.running_jobs(name)
+        value = f"record {suffix}".encode()
+        produce(bootstrap, source, value)
+        # The Python UDF ran on the task manager: the record arrives marked.
+        assert consume_until(bootstrap, sink, b"copied:" + value, timeout=300) is not None
+        assert rest.job(job.jid)["state"] == "RUNNING"
+    finally:
+        for running in rest.running_jobs(name):
+            rest.cancel(running.jid)
+
+
+# --- PostgreSQL ---
+
+TABLES = {"questions", "responses", "failed_questions", "processing_metrics", "score_history", "schema_migrations"}
+VIEWS = {"regeneration_analysis", "error_distribution", "latency_by_stage"}
+
+
+def test_postgres_is_migrated_with_tables_and_views(infra_stack: QactlSettings) -> None:
+    facts = pg.info(infra_stack.postgres.url)
+    assert facts.migrated and facts.migration_level >= 1
+    conn = pg.connect(infra_stack.postgres.url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public'")
+            found = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert TABLES <= {name for name, kind in found.items() if kind == "BASE TABLE"}
+    assert VIEWS <= {name for name, kind in found.items() if kind == "VIEW"}
+
+
+def test_views_return_rows_for_inserted_data(infra_stack: QactlSettings) -> None:
+    conn = pg.connect(infra_stack.postgres.url)
+    qid = f"q-test-{uuid.uuid4().hex[:12]}"
+    try:
+        with conn.cursor() as cur:  # one transaction, rolled back: the store is left as it was
+            cur.execute(
+                "INSERT INTO questions (question_id, question, state, terminal_at) VALUES (%s, %s, 'validated', now())",
+                (qid, "What is  KAFKA?"),
+            )
+            cur.execute(
+                """INSERT INTO responses (question_id, question, answer, score, status, attempt, hops)
+                   VALUES (%s, %s, 'a log', 0.81, 'validated', 1, %s)""",
+                (qid, "What is  KAFKA?",
+                 '[{"stage": "generating", "attempt": 0}, '
+                 '{"stage": "retrying-overload", "attempt": 0, "error": {"kind": "overload", "status_code": 503}}]'),
+            )  # fmt: skip
+            cur.execute(
+                "INSERT INTO score_history (question_id, attempt, score) VALUES (%s, 0, 0.6), (%s, 1, 0.81)", (qid, qid)
+            )
+            cur.execute(
+                """INSERT INTO failed_questions (question_id, reason, error_kind, status_code)
+                   VALUES (%s, 'quota retries exhausted', 'exhausted', 402)""",
+                (qid + "-f",),
+            )
+            cur.execute(
+                """INSERT INTO processing_metrics (question_id, stage, attempt, started_at, ended_at, duration_ms)
+                   VALUES (%s, 'test-stage', 0, now(), now(), 100), (%s, 'test-stage', 0, now(), now(), 300)""",
+                (qid, qid),
+            )
+            cur.execute("SELECT normalized_question FROM responses WHERE question_id = %s", (qid,))
+            assert cur.fetchone() == ("what is kafka?",)
+            cur.execute(
+                "SELECT questions, validated, avg_first_score FROM regeneration_analysis "
+                "WHERE source = 'pipeline' AND regenerations = 1"
+            )
+            questions, validated, first_score = cur.fetchone()
+            assert questions >= 1 and validated >= 1 and first_score is not None
+            cur.execute("SELECT outcome, occurrences FROM error_distribution WHERE status_code IN (402, 503)")
+            outcomes = dict(cur.fetchall())
+            assert outcomes["recovered"] >= 1 and outcomes["failed"] >= 1
+            cur.execute("SELECT samples, p50_ms, p95_ms, p99_ms FROM latency_by_stage WHERE stage = 'test-stage'")
+            samples, p50, p95, p99 = cur.fetchone()
+            assert samples == 2 and p50 == 200 and 200 < p95 < p99 <= 300
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_a_terminal_state_needs_its_time(infra_stack: QactlSettings) -> None:
+    conn = pg.connect(infra_stack.postgres.url)
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.CheckViolation):
+            cur.execute("INSERT INTO questions (question_id, question, state) VALUES ('q-bad', 'x', 'failed')")
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+# --- Redis ---
+
+
+def test_redis_answers(infra_stack: QactlSettings) -> None:
+    assert redis_client.ping(infra_stack.redis.connection_url)
+    assert redis_client.info(infra_stack.redis.connection_url).version.startswith("7")
+
+
+# --- the stack as a whole ---
+
+
+def test_second_up_changes_nothing(infra_stack: QactlSettings) -> None:
+    result = Stack(infra_stack, only=INFRA).up()
+    assert not result.changed
+    assert sorted(result.unchanged) == sorted(INFRA)
+
+
+def test_status_reports_every_component_healthy(infra_stack: QactlSettings) -> None:
+    statuses = {s.name: s for s in Stack(infra_stack, only=INFRA).status()}
+    assert all(s.ok for s in statuses.values()), {n: s.health.detail for n, s in statuses.items()}
+    assert "11/11 topics" in statuses["kafka"].health.detail
+    assert "task manager" in statuses["flink"].health.detail
+    assert "migrations" in statuses["postgres"].health.detail
+    assert "PONG" in statuses["redis"].health.detail
+
+
+@pytest.mark.parametrize(("component", "process"), [("redis", "redis"), ("flink", flink.TASKMANAGER)])
+def test_health_turns_bad_when_a_process_is_killed(infra_stack: QactlSettings, component: str, process: str) -> None:
+    stack = Stack(infra_stack, only=INFRA)
+    pid = Supervisor(infra_stack).state(process).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Supervisor(infra_stack).is_running(process) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = {s.name: s for s in stack.status()}[component]
+    assert not status.ok and not status.health.ok
+    # `qactl up` brings it back.
+    result = stack.up()
+    assert component in result.started
+    assert {s.name: s for s in stack.status()}[component].ok
+
+
+def _group_listening_ports(pgid: int) -> set[int]:
+    """TCP ports in LISTEN state held by any process of the group ``pgid``."""
+    inodes: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_down_leaves_no_process_and_no_port_then_up_restores(infra_stack: QactlSettings) -> None:
+    supervisor = Supervisor(infra_stack)
+    stack = Stack(infra_stack, only=INFRA)
+    names = [spec.name for comp in stack.components for spec in comp.processes()]
+    pids = {name: supervisor.state(name).pid for name in names}
+    assert all(pids.values()), pids
+    ports = set().union(*(_group_listening_ports(pid) for pid in pids.values() if pid))
+    fixed = {infra_stack.kafka.port, infra_stack.flink.rest_port, infra_stack.postgres.port, infra_stack.redis.port}
+    assert fixed <= ports
+
+    stopped = stack.down()
+
+    assert sorted(stopped) == sorted(names)
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"{name} (pid {pid}) still runs"
+        assert not _group_listening_ports(pid), name
+    # Flink's OS-chosen ports were checked per process group above; a random port may be reused
+    # by another program at any time, so only the fixed ones are probed from outside.
+    assert not [port for port in fixed if port_is_listening(port)]
+    assert not list(supervisor.run_dir.glob("*.pid"))
+
+    result = stack.up()  # warm start, leaving the stack up for the modules that follow
+    assert sorted(result.started) == sorted(INFRA)
+    assert all(s.ok for s in stack.status())
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -1,0 +1,82 @@
+"""`qactl doctor` names what is missing and how to install it (PATH decides what exists)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from qactl.runtime import doctor
+from services.common.settings import load_settings
+
+
+def fake_java(directory: Path, version: str) -> None:
+    """A `java` that reports ``version`` the way the JDK does (on stderr)."""
+    script = directory / "java"
+    script.write_text(f'#!/bin/sh\necho \'openjdk version "{version}" 2021-04-20\' >&2\n')
+    script.chmod(0o755)
+
+
+@pytest.fixture
+def empty_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
+    return {c.name: c for c in checks}
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [('openjdk version "17.0.15" 2025-04-15', 17), ('java version "1.8.0_292"', 8), ('openjdk version "21" 2023', 21)],
+)
+def test_java_major_version(output: str, major: int) -> None:
+    assert doctor.java_major(output) == major
+
+
+def test_missing_binaries_are_named_with_their_install_command(isolated_env: Path, empty_path: Path) -> None:
+    checks = by_name(doctor.run_checks(load_settings(state_dir=isolated_env, cache_dir=empty_path.parent / "cache")))
+    assert not checks["java"].ok and "openjdk-17" in checks["java"].fix
+    assert not checks["maven"].ok and checks["maven"].fix == "apt-get install -y maven"
+    assert not checks["redis"].ok and checks["redis"].fix == "apt-get install -y redis-server"
+
+
+def test_old_java_is_refused(isolated_env: Path, empty_path: Path) -> None:
+    fake_java(empty_path, "1.8.0_292")
+    check = doctor.check_java()
+    assert not check.ok and "Java 8" in check.detail and "17" in check.detail
+
+
+def test_java_17_passes(empty_path: Path) -> None:
+    fake_java(empty_path, "17.0.15")
+    assert doctor.check_java().ok
+
+
+def test_external_components_need_no_local_binaries(isolated_env: Path, empty_path: Path) -> None:
+    settings = load_settings(
+        state_dir=isolated_env,
+        redis={"url": "redis://db.example:6379/0"},
+        postgres={"dsn": "postgresql://u@db.example/qactl"},
+    )
+    checks = by_name(doctor.run_checks(settings))
+    assert checks["redis"].ok and checks["postgresql"].ok
+
+
+def test_a_taken_port_names_the_setting_that_moves_it(isolated_env: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        checks = by_name(doctor.check_ports(load_settings(state_dir=isolated_env, redis={"port": port})))
+    check = checks[f"port {port}"]
+    assert not check.ok and "QACTL_REDIS__PORT" in check.fix
+
+
+def test_disk_and_pyflink_are_checked(isolated_env: Path) -> None:
+    checks = by_name(doctor.run_checks(load_settings(state_dir=isolated_env)))
+    assert checks["disk"].ok and "GiB free" in checks["disk"].detail
+    assert checks["pyflink"].ok and "flink-python" in checks["pyflink"].detail

@@ -1,0 +1,74 @@
+"""The real infrastructure for integration tests, started by the same code as `qactl up`.
+
+Ports are ``QACTL_TEST_PORT_BASE`` (default 26000) plus a fixed offset per service, the
+layout of ``tests/services/pipeline.py``; state lives in ``QACTL_TEST_STATE_DIR`` (default
+``/tmp/qactl-test-<base>``; /tmp because PostgreSQL runs as an unprivileged user when the tests
+run as root). Jars come from the shared cache (``~/.cache/qactl``). ``QACTL_TEST_KEEP_STACK=1``
+leaves the stack running after the session, for quick iterations.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from services.common.settings import QactlSettings, load_settings
+
+INFRA = ("kafka", "flink", "postgres", "redis")
+
+
+def port_base() -> int:
+    return int(os.environ.get("QACTL_TEST_PORT_BASE", "26000"))
+
+
+def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
+    """Settings on the test port range; every port derives from ``base``."""
+    base = port_base() if base is None else base
+    values: dict[str, Any] = {
+        "state_dir": os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-test-{base}"),
+        "kafka": {"port": base + 92, "controller_port": base + 93},
+        "flink": {"rest_port": base + 81, "rpc_port": base + 123},
+        "postgres": {"port": base + 432},
+        "redis": {"port": base + 379},
+        "api": {"port": base + 1},
+        "gateway": {"port": base + 435},
+        "services": {"metrics_base_port": base + 300},
+    }
+    values.update(overrides)
+    with _without_developer_settings():
+        return load_settings(**values)
+
+
+@contextmanager
+def _without_developer_settings() -> Iterator[None]:
+    """Neither QACTL_* variables (but the harness's and the cache dir) nor ./qactl.toml apply."""
+    saved = dict(os.environ)
+    try:
+        for key in list(os.environ):
+            if key.startswith("QACTL_") and not key.startswith("QACTL_TEST_") and key != "QACTL_CACHE_DIR":
+                del os.environ[key]
+        os.environ["QACTL_CONFIG"] = os.devnull
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
+
+
+@pytest.fixture(scope="session")
+def infra_stack() -> Iterator[QactlSettings]:
+    """Kafka, Flink, PostgreSQL and Redis up for the whole session; down at the end."""
+    from qactl.runtime.stack import Stack
+
+    settings = test_settings()
+    stack = Stack(settings, only=INFRA)
+    stack.up()
+    yield settings
+    if os.environ.get("QACTL_TEST_KEEP_STACK") != "1":
+        Stack(settings, only=INFRA).down()
