@@ -8,6 +8,11 @@ under test and the machine has two cores.
 
     python bench/bench_ingest.py --rate 1000 --seconds 10          # needs the stack (qactl up)
     python bench/bench_ingest.py --url http://127.0.0.1:5001 --rate 0 --requests 5000   # flat out
+    python bench/bench_ingest.py --wrk --connections 16 --seconds 10    # closed loop, wrk (C)
+
+With ``--wrk`` the load comes from wrk (``apt-get install -y wrk``), which costs far less CPU
+than any Python client: N connections each send their next request when the previous answer
+arrives (closed loop), so it reports the throughput the API sustains and the latency at it.
 
 Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
 distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
@@ -136,6 +141,51 @@ def report(results: Results, rate: float) -> None:
         print(f"generator     {results.late_sends} request(s) sent >1 ms after schedule (generator saturated)")
 
 
+WRK_SCRIPT = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/query", nil,
+    '{"question": "wrk RUNID thread ' .. tid .. ' question ' .. n .. ': what is ' .. n .. ' squared?"}')
+end
+done = function(summary, latency, requests)
+  local codes = 0
+  io.write(string.format("WRK requests=%d duration_us=%d p50=%.3f p90=%.3f p99=%.3f p999=%.3f max=%.3f mean=%.3f status_errors=%d socket_errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, latency.max / 1000, latency.mean / 1000,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def run_wrk(url: str, connections: int, seconds: float, threads: int) -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT.replace("RUNID", uuid.uuid4().hex[:8]))
+        script.flush()
+        argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:.0f}s", "--latency", "-s", script.name, url]
+        output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in output.splitlines() if l.startswith("WRK "))
+    fields = dict(item.split("=") for item in line.split()[1:])
+    requests, duration = int(fields["requests"]), int(fields["duration_us"]) / 1e6
+    print(f"requests      {requests} in {duration:.2f} s -> {requests / duration:.0f} req/s (closed loop, {connections} connections)")
+    print(f"errors        {fields['status_errors']} non-2xx/3xx, {fields['socket_errors']} socket")
+    print("latency ms    p50 {p50}  p90 {p90}  p99 {p99}  p99.9 {p999}  max {max}  mean {mean}".format(**fields))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="storage API base URL (default: from qactl settings)")
@@ -144,12 +194,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="total requests (default: rate x seconds, or 5000)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--wrk", action="store_true", help="closed-loop load from wrk instead (see above)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     args = parser.parse_args()
     url = args.url
     if url is None:
         from services.common.settings import get_settings
 
         url = get_settings().api.base_url
+    if args.wrk:
+        print(f"POST {url}/query with wrk, distinct questions, {args.connections} connections, {args.seconds:.0f} s")
+        run_wrk(url, args.connections, args.seconds, args.threads)
+        return
     total = args.requests or (int(args.rate * args.seconds) if args.rate > 0 else 5000)
     try:
         import uvloop

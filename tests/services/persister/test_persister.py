@@ -172,6 +172,7 @@ def test_a_replay_writes_nothing_twice(storage_settings: QactlSettings, persiste
     wait_until(lambda: kafka_admin.consumer_group_lag(storage_settings.kafka.bootstrap, GROUP).get(
         (topics.DEAD_LETTER.name, 0), 1) == 0, 30, "the persister to catch up")
     supervisor.stop(persister.name, persister.stop_signal, 30)
+    assert supervisor.tail(persister.name, 1).endswith("persister: stopped")  # SIGTERM: a clean stop
     rewind_group(storage_settings, start)
     supervisor.start(persister)
     supervisor.wait_healthy(persister)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 
 from services.common import topics
+from qactl.runtime.supervisor import Supervisor
 from services.common.schemas import question_id_for
 from services.common.settings import QactlSettings
 from services.storage_api.app import StorageApi
@@ -147,3 +150,39 @@ def test_without_redis_it_keeps_serving_and_says_degraded(storage_settings: Qact
         wait_until(
             lambda: httpx.get(f"{url}/health", timeout=5).json()["status"] == "ok", 15, "health to be ok again"
         )
+
+
+def test_without_postgres_it_refuses_clearly_and_recovers(storage_settings: QactlSettings) -> None:
+    (spec,) = specs_of(storage_settings, "storage-api")
+    url = storage_settings.api.base_url
+    with process(storage_settings, spec):
+        assert httpx.post(f"{url}/query", json={"question": unique("warm up the pool")}, timeout=10).status_code == 202
+        before = pending_end_offsets(storage_settings)
+        stop_component(storage_settings, "postgres")
+        try:
+            health = wait_until(
+                lambda: (lambda r: r if r.status_code == 503 else None)(httpx.get(f"{url}/health", timeout=5)),
+                15, "health to report PostgreSQL down",
+            )
+            assert health.json()["dependencies"]["postgres"]["ok"] is False
+            refused = httpx.post(f"{url}/query", json={"question": unique("no postgres")}, timeout=15)
+            assert refused.status_code == 503 and "PostgreSQL is unavailable" in refused.json()["detail"]
+            assert pending_end_offsets(storage_settings) == before
+        finally:
+            bring_back(storage_settings, "postgres")
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, 20, "health ok again")
+        accepted = httpx.post(f"{url}/query", json={"question": unique("postgres back")}, timeout=10)
+        assert accepted.status_code == 202, accepted.text
+
+
+def test_sigterm_stops_the_api_cleanly(storage_settings: QactlSettings) -> None:
+    (spec,) = specs_of(storage_settings, "storage-api")
+    supervisor = Supervisor(storage_settings)
+    supervisor.start(spec)
+    supervisor.wait_healthy(spec)
+    assert httpx.post(f"{storage_settings.api.base_url}/query", json={"question": unique("last")}, timeout=10).status_code == 202
+    started = time.monotonic()
+    assert supervisor.stop(spec.name, signal.SIGTERM, timeout=20)
+    assert time.monotonic() - started < 15
+    log = supervisor.tail(spec.name, 10)
+    assert "Application shutdown complete" in log and "Traceback" not in log
