@@ -9,6 +9,7 @@ hops. A Redis outage therefore never stops a stage; it only blurs the live view.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -68,6 +69,18 @@ class StatusTracker:
             return True
         except redis.RedisError as exc:
             log.warning("status of %s not recorded (%s): %s", question_id, hop.stage, exc)
+            return False
+
+    def record_many(self, hops: Sequence[tuple[str, Hop]]) -> bool:
+        """Record several hops, in order, in one round trip; False (logged) if Redis is unreachable."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for question_id, hop in hops:
+                queue_record(pipe, question_id, hop)
+            pipe.execute()
+            return True
+        except redis.RedisError as exc:
+            log.warning("%d status hop(s) not recorded: %s", len(hops), exc)
             return False
 
     def current(self, question_id: str) -> Stage | None:

@@ -50,6 +50,7 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.llm_consumer.calls import CallPool, CallResult
 from services.llm_consumer.offsets import OffsetTracker, Partition
+from services.llm_consumer.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,11 @@ class LLMConsumer:
         group_id: str = GROUP,
     ) -> None:
         self.settings = settings
+        self.status = StatusWriter(status) if status is not None else None
         self.backend_name = backend_name  # short: "gateway", "ollama", "openai"
         self.description = description or backend_name
         self.group_id = group_id
         self.stop = stop
-        self.status = status
         self.replica = replica
         self.build_prompt = build_prompt
         self.concurrency = max(1, settings.llm.concurrency)
@@ -252,6 +253,8 @@ class LLMConsumer:
         finally:
             self.pool.close()
             consumer.close()
+            if self.status is not None:
+                self.status.close()
         if self.failure is not None:
             raise RuntimeError(self.failure)
 
@@ -321,25 +324,32 @@ class LLMConsumer:
             self._record(question.question_id, job.hops[0])
 
     def _finish_ready(self, producer: Producer, wait: float = 0.0) -> None:
-        """Turn finished calls into outcome messages; optionally wait for the first one."""
+        """Turn finished calls into outcome messages; optionally wait for the first one.
+
+        Freed slots are refilled from the buffer before the outcomes are built and produced,
+        so the next calls do not wait for that work.
+        """
         try:
-            result = self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait()
+            first = self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait()
         except queue.Empty:
             return
+        finished = [first]
         while True:
-            self.in_flight -= 1
+            try:
+                finished.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        self.in_flight -= len(finished)
+        self._start_buffered()
+        for result in finished:
             job: Job = result.job
             topic, payload, hop, label = outcome_for(job, result, self.backend_name, self.settings.llm.model)
             CALLS.labels(label, self.backend_name).inc()
             LATENCY.labels(label).observe(result.seconds)
-            if label not in ("success",):
+            if label != "success":
                 log.info("%s -> %s: %s", job.question.question_id, topic, hop.error.message if hop.error else "")
             self._produce(producer, topic, payload, job.partition, job.offset)
             self._record(job.question.question_id, hop)
-            try:
-                result = self.results.get_nowait()
-            except queue.Empty:
-                return
 
     def _produce(self, producer: Producer, topic: str, payload: BaseModel, partition: Partition, offset: int) -> None:
         """Produce an outcome; its question's offset becomes committable when Kafka acks it."""
@@ -363,7 +373,7 @@ class LLMConsumer:
 
     def _record(self, question_id: str, hop: Hop) -> None:
         if self.status is not None:
-            self.status.record(question_id, hop)
+            self.status.record(question_id, hop)  # queued: written by the status thread
 
     # -- offsets and rebalances ------------------------------------------------------------------
 
