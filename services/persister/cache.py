@@ -38,5 +38,14 @@ class AnswerCache:
         CACHE_WRITES.labels("written").inc()
         return True
 
+    def probe(self) -> bool:
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            self.ok, self.detail = False, f"unreachable: {exc}"
+            return False
+        self.ok, self.detail = True, "ok"
+        return True
+
     def close(self) -> None:
         self._redis.close()

@@ -35,7 +35,7 @@ GROUP = "persister"
 SUBSCRIBED = [topics.VALIDATED.name, topics.LOW_QUALITY.name, topics.DEAD_LETTER.name]
 BATCH = 200
 MAX_BACKOFF_SECONDS = 5.0
-KAFKA_PROBE_SECONDS = 5.0
+PROBE_SECONDS = 5.0
 
 WRITTEN = Counter("qactl_persister_outcomes", "Messages handled, by topic and result", ["topic", "result"])
 POISON = Counter("qactl_persister_poison", "Undecodable messages, by topic", ["topic"])
@@ -118,8 +118,11 @@ class Persister:
         next_probe = 0.0
         while not self.stop.is_set():
             if time.monotonic() >= next_probe:
+                # Health stays honest while idle too: every dependency is asked, not just assumed.
                 self._probe_kafka(consumer)
-                next_probe = time.monotonic() + KAFKA_PROBE_SECONDS
+                self.writer.probe()
+                self.cache.probe()
+                next_probe = time.monotonic() + PROBE_SECONDS
             messages = consumer.consume(BATCH, timeout=0.5)
             if not messages:
                 continue

@@ -8,6 +8,7 @@ written, and the stored outcome is read back so that the cache still gets the st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -119,6 +120,21 @@ class Writer:
                 pass
         self._conn = None
         raise DatabaseDown(self.detail) from exc
+
+    def probe(self) -> bool:
+        """``SELECT 1`` (connecting if needed); updates ``ok``/``detail``, never raises."""
+        try:
+            conn = self._connection()
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except DatabaseDown:
+            return False
+        except _TRANSIENT as exc:
+            with contextlib.suppress(DatabaseDown):
+                self._down(exc)
+            return False
+        self.ok, self.detail = True, "ok"
+        return True
 
     def write(self, outcome: Outcome) -> WriteResult:
         conn = self._connection()
