@@ -19,7 +19,7 @@ from qactl.client import kafka_admin
 from qactl.errors import PrerequisiteError, ProvisionError
 from qactl.runtime import maven
 from qactl.runtime.component import Component, Report
-from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor
+from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor, port_is_listening
 from services.common.settings import QactlSettings
 from services.common.topics import all_topics
 
@@ -173,6 +173,9 @@ def provision(settings: QactlSettings, report: Report) -> None:
 
 def broker_health(settings: QactlSettings) -> Health:
     """The broker answers metadata requests (topics not required)."""
+    if not port_is_listening(settings.kafka.port, settings.kafka.host):
+        # Cheap check first: the admin client would spend its whole timeout on a closed port.
+        return Health(False, f"waiting for {settings.kafka.bootstrap} to listen")
     info = kafka_admin.cluster_info(settings.kafka.bootstrap, timeout=2.0)
     if info.brokers < 1:
         return Health(False, "no broker in metadata")

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from qactl.errors import ComponentFailed
 from qactl.runtime.component import Component
 from qactl.runtime.supervisor import Health, ProcessState, Supervisor
 from services.common.settings import QactlSettings
@@ -92,11 +93,34 @@ class Stack:
     def up(self, events: Events = _ignore) -> UpResult:
         """Provision and start what is not running, in order; idempotent."""
         result = UpResult()
+        launched = self._launch_infra(events)
         for comp in self.components:
-            self._up_one(comp, result, events)
+            self._up_one(comp, result, events, launched)
         return result
 
-    def _up_one(self, comp: Component, result: UpResult, events: Events) -> None:
+    def _launch_infra(self, events: Events) -> set[str]:
+        """Provision and launch every stopped infrastructure process before waiting for any.
+
+        Kafka, Flink, PostgreSQL and Redis do not need each other to start, and most of their
+        start is JVM warm-up: launched together they overlap, and `_up_one` then waits for
+        each in order. Returns the names of the processes launched here.
+        """
+        launched: set[str] = set()
+        for comp in self.components:
+            if comp.kind != "infra" or comp.external:
+                continue
+            to_start = [s for s in comp.processes() if not self.supervisor.is_running(s.name)]
+            if not to_start:
+                continue
+            events(comp.name, "provisioning", "checking what is installed")
+            comp.provision(lambda detail, name=comp.name: events(name, "provisioning", detail))
+            for spec in to_start:
+                events(comp.name, "starting", spec.name)
+                self.supervisor.start(spec)
+                launched.add(spec.name)
+        return launched
+
+    def _up_one(self, comp: Component, result: UpResult, events: Events, launched: set[str]) -> None:
         report = lambda detail: events(comp.name, "setup", detail)  # noqa: E731
         result.endpoints[comp.name] = comp.endpoint
         if comp.external:
@@ -104,36 +128,37 @@ class Stack:
             health = comp.health()
             if not health.ok:
                 events(comp.name, "failed", health.detail)
-                from qactl.errors import ComponentFailed
-
                 raise ComponentFailed(f"{comp.name} at {comp.endpoint} is not healthy: {health.detail}")
-            comp.after_start(report)
+            changed = bool(comp.after_start(report))
             events(comp.name, "external", health.detail)
-            result.unchanged.append(comp.name)
+            (result.started if changed else result.unchanged).append(comp.name)
             return
         specs = list(comp.processes())
-        to_start = [s for s in specs if not self.supervisor.is_running(s.name)]
-        if not to_start and specs:
+        just_launched = [s for s in specs if s.name in launched]
+        to_start = [s for s in specs if s.name not in launched and not self.supervisor.is_running(s.name)]
+        setup_changed = False
+        if specs and not to_start and not just_launched:
             health = comp.health()
-            if health.ok and not comp.after_start(report):
-                events(comp.name, "unchanged", health.detail)
-                result.unchanged.append(comp.name)
-                return
-        events(comp.name, "provisioning", "checking what is installed")
-        comp.provision(lambda detail: events(comp.name, "provisioning", detail))
+            if health.ok:
+                setup_changed = bool(comp.after_start(report))
+                if not setup_changed:
+                    events(comp.name, "unchanged", health.detail)
+                    result.unchanged.append(comp.name)
+                    return
+        if not just_launched:
+            events(comp.name, "provisioning", "checking what is installed")
+            comp.provision(lambda detail: events(comp.name, "provisioning", detail))
         for spec in to_start:
             events(comp.name, "starting", spec.name)
             self.supervisor.start(spec)
         for spec in specs:
             self.supervisor.wait_healthy(spec, lambda d: events(comp.name, "waiting", d))
-        setup_changed = bool(comp.after_start(report))
+        setup_changed = bool(comp.after_start(report)) or setup_changed
         health = comp.health()
         if not health.ok:
             events(comp.name, "failed", health.detail)
-            from qactl.errors import ComponentFailed
-
             raise ComponentFailed(f"{comp.name}: {health.detail}")
-        if to_start or setup_changed:
+        if to_start or just_launched or setup_changed:
             result.started.append(comp.name)
         else:
             result.unchanged.append(comp.name)

@@ -1,0 +1,81 @@
+"""Stack.up/down/status on real (tiny) processes: order, idempotence, what `changed` means."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from qactl.errors import ComponentFailed
+from qactl.runtime.component import Component
+from qactl.runtime.stack import Stack
+from qactl.runtime.supervisor import Health, ProcessSpec, Supervisor
+from services.common.settings import QactlSettings, load_settings
+
+SLEEPER = "import time; time.sleep(600)"
+
+
+@pytest.fixture
+def settings(isolated_env: Path) -> QactlSettings:
+    return load_settings(state_dir=isolated_env)
+
+
+def sleeper_component(settings: QactlSettings, name: str, kind: str, log: list[str]) -> Component:
+    supervisor = Supervisor(settings)
+    spec = ProcessSpec(name, [sys.executable, "-c", SLEEPER])
+    setup_done: list[bool] = []
+
+    def after_start(report) -> bool:
+        log.append(f"setup {name}")
+        if setup_done:
+            return False
+        setup_done.append(True)
+        return True
+
+    return Component(
+        name=name,
+        kind=kind,
+        health=lambda: Health(supervisor.is_running(name), "sleeping"),
+        processes=lambda: [spec],
+        provision=lambda report: log.append(f"provision {name}"),
+        after_start=after_start,
+    )
+
+
+def test_up_launches_infra_first_then_waits_in_order_and_second_up_changes_nothing(settings: QactlSettings) -> None:
+    log: list[str] = []
+    events: list[tuple[str, str]] = []
+    components = [
+        sleeper_component(settings, "infra-a", "infra", log),
+        sleeper_component(settings, "infra-b", "infra", log),
+        sleeper_component(settings, "service-c", "service", log),
+    ]
+    stack = Stack(settings, components=components)
+    try:
+        first = stack.up(lambda c, phase, d: events.append((c, phase)))
+        assert first.changed and first.started == ["infra-a", "infra-b", "service-c"]
+        starts = [c for c, phase in events if phase == "starting"]
+        assert starts == ["infra-a", "infra-b", "service-c"]
+        # Both infra processes were launched before the first one was awaited.
+        assert events.index(("infra-b", "starting")) < events.index(("infra-a", "ready"))
+        assert log.count("provision infra-a") == 1
+
+        second = stack.up()
+        assert not second.changed and second.unchanged == ["infra-a", "infra-b", "service-c"]
+        assert all(s.ok for s in stack.status())
+    finally:
+        stopped = stack.down()
+    assert stopped == ["service-c", "infra-b", "infra-a"]
+    assert not any(s.ok for s in stack.status())
+
+
+def test_a_component_that_never_gets_healthy_fails_up(settings: QactlSettings) -> None:
+    spec = ProcessSpec("sick", [sys.executable, "-c", SLEEPER], start_timeout=1.5, health=lambda: Health(False, "never"))
+    sick = Component(name="sick", health=lambda: Health(False, "never"), processes=lambda: [spec])
+    stack = Stack(settings, components=[sick])
+    try:
+        with pytest.raises(ComponentFailed, match="not healthy after"):
+            stack.up()
+    finally:
+        stack.down()
