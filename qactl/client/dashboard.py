@@ -14,6 +14,7 @@ snapshots, tests build them by hand.
 from __future__ import annotations
 
 import logging
+import threading
 from bisect import bisect_left
 import time
 from collections import deque
@@ -276,7 +277,7 @@ class DashboardSource:
         quality: QualityProbe | None = None,
         live: LiveProbe | None = None,
         health: HealthProbe | None = None,
-        health_every: int = 5,
+        health_interval: float = 15.0,
         recent_limit: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -285,9 +286,9 @@ class DashboardSource:
         self._flink = flink
         self._quality = quality
         self._live = live
-        self._health = health
-        # Health probes open a connection per component: every few polls is plenty.
-        self._health_every = max(1, health_every)
+        # Health probes open a connection per component and can take seconds when some are
+        # down: they run on their own thread and cadence, and never hold up a poll.
+        self._health = _HealthWatcher(health, health_interval) if health is not None else None
         self._recent_limit = recent_limit
         self._clock = clock
         self._flow = FlowTracker()
@@ -341,8 +342,10 @@ class DashboardSource:
         if (live := self._live) is not None:
             questions = parts.get("redis", lambda: tuple(live.recent_questions(self._recent_limit)), ())
             questions = self._with_question_text(questions, parts)
-        if (health := self._health) is not None and self._polls % self._health_every == 0:
-            self._components = parts.get("health", lambda: tuple(health()), self._components)
+        if self._health is not None:
+            self._components, health_error = self._health.latest()
+            if health_error:
+                parts.errors["health"] = health_error
         self._polls += 1
         return Snapshot(
             taken_at=datetime.now(timezone.utc).astimezone(),  # shown as local time
@@ -387,6 +390,8 @@ class DashboardSource:
         )
 
     def close(self) -> None:
+        if self._health is not None:
+            self._health.stop()
         for backend in (self._kafka, self._flink, self._quality, self._live):
             closer = getattr(backend, "close", None)
             if callable(closer):
@@ -397,6 +402,42 @@ class DashboardSource:
 
 
 T = TypeVar("T")
+
+
+class _HealthWatcher:
+    """Runs the component health probe every ``interval`` seconds on a daemon thread, one
+    round at a time; a snapshot takes whatever the last finished round found."""
+
+    def __init__(self, probe: HealthProbe, interval: float) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._rows: tuple[ComponentRow, ...] = ()
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def latest(self) -> tuple[tuple[ComponentRow, ...], str | None]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dashboard-health", daemon=True)
+            self._thread.start()
+        with self._lock:
+            return self._rows, self._error
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rows, error = tuple(self._probe()), None
+            except Exception as exc:
+                rows, error = None, _one_line(exc)
+            with self._lock:
+                if rows is not None:
+                    self._rows = rows
+                self._error = error
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class _Parts:

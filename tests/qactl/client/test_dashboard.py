@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -124,18 +126,28 @@ def test_source_computes_rates_across_polls():
 
 
 def test_a_dead_backend_leaves_its_part_empty_and_says_why():
-    source = DashboardSource(
-        load_settings(),
-        kafka=Broken("broker unreachable"),
-        quality=Quality(),
-        live=Live(),
-        health=lambda: (_ for _ in ()).throw(OSError("probe timed out")),
-    )
+    source = DashboardSource(load_settings(), kafka=Broken("broker unreachable"), quality=Quality(), live=Live())
     snap = source.snapshot()
     assert snap.topics == () and "broker unreachable" in snap.errors["kafka"]
-    assert "probe timed out" in snap.errors["health"]
     assert snap.regenerations == RegenerationOutcomes({0: 3})  # the rest still arrives
     assert [q.question_id for q in snap.questions] == ["q-1", "q-unknown"]
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_failing_health_probe_is_reported_like_any_other_part():
+    def health():
+        raise OSError("probe timed out")
+
+    source = DashboardSource(load_settings(), health=health, health_interval=60)
+    source.snapshot()
+    wait_until(lambda: "probe timed out" in source.snapshot().errors.get("health", ""))
+    source.close()
 
 
 def test_question_text_is_looked_up_once_per_id():
@@ -149,19 +161,26 @@ def test_question_text_is_looked_up_once_per_id():
     assert quality.question_lookups == [["q-1", "q-unknown"], ["q-unknown"]]
 
 
-def test_health_is_probed_every_few_polls_and_kept_in_between():
-    calls = []
+def test_health_runs_on_its_own_thread_and_never_holds_up_a_poll():
+    from qactl.client.dashboard import ComponentRow
+
+    release = threading.Event()
+    rounds = []
 
     def health():
-        calls.append(1)
-        from qactl.client.dashboard import ComponentRow
-
+        release.wait(10)  # a probe stuck on a dead component
+        rounds.append(1)
         return [ComponentRow("kafka", "infra", True, "ok")]
 
-    source = DashboardSource(load_settings(), health=health, health_every=3)
-    snaps = [source.snapshot() for _ in range(4)]
-    assert len(calls) == 2  # polls 0 and 3
-    assert all(s.components[0].name == "kafka" for s in snaps)
+    source = DashboardSource(load_settings(), health=health, health_interval=0.01)
+    first = source.snapshot()
+    second = source.snapshot()
+    assert first.components == () and second.components == ()  # polls went on without it
+    assert rounds == []
+    release.set()
+    wait_until(lambda: source.snapshot().components == (ComponentRow("kafka", "infra", True, "ok"),))
+    wait_until(lambda: len(rounds) >= 3)  # and it keeps probing at its own pace
+    source.close()
 
 
 def test_journey_comes_from_the_live_probe():
