@@ -57,11 +57,6 @@ class Actions:
     faults: FaultInjector | None = None
 
 
-def stack_actions(settings: QactlSettings) -> Actions:
-    """Demo cases and fault injection through their own clients, when those are installed."""
-    return Actions(demo=None, faults=None)
-
-
 # --- Redis: the live stage of recent questions ---
 
 

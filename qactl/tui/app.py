@@ -17,7 +17,7 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from qactl.client.dashboard import Journey, Snapshot
-from qactl.client.dashboard_backends import Actions, stack_actions
+from qactl.client.dashboard_backends import Actions
 from qactl.tui.screens.dashboard import DashboardScreen
 from qactl.tui.screens.help import HelpScreen
 from qactl.tui.screens.journey import JourneyScreen
@@ -142,6 +142,11 @@ class QactlWatchApp(App[None]):
         if self.actions is None or self.actions.demo is None:
             self.notify("demo cases are not available (no demo runner)", severity="warning")
             return
+        # Two cases at once would fight over the gateway's fault rules: one at a time.
+        running = [w.name for w in self.workers if w.group == "action" and w.name.startswith("demo ") and w.is_running]
+        if running:
+            self.notify(f"{running[0]} is still running", severity="warning", timeout=3)
+            return
         self.notify(f"firing demo case {case}…", timeout=3)
         self._run_action(f"demo {case}", lambda: self.actions.demo.fire(case))  # type: ignore[union-attr]
 
@@ -164,6 +169,14 @@ class QactlWatchApp(App[None]):
         if self._timer is not None:
             self._timer.stop()
         self.source.close()
+
+
+def stack_actions(settings: QactlSettings) -> Actions:
+    """Demo cases through the demo runner, faults through the gateway's admin client."""
+    from qactl.client.gateway import GatewayClient, GatewayFaultInjector
+    from qactl.demo.runner import StackDemoFirer
+
+    return Actions(demo=StackDemoFirer(settings), faults=GatewayFaultInjector(GatewayClient.from_settings(settings)))
 
 
 def make_app(

@@ -240,3 +240,82 @@ async def test_a_panel_whose_data_did_not_change_is_not_drawn_again(source):
         renders = {p.id: p.renders for p in app.screen.query(SnapshotPanel)}
     assert source.calls >= 4
     assert set(renders.values()) == {1}, renders  # the recorded data never changes
+
+
+async def test_fault_keys_reach_a_real_gateway(source):
+    from qactl.client.gateway import GatewayClient, GatewayFaultInjector
+    from tests.services.llm_gateway.server import ADMIN_TOKEN, running_gateway
+
+    with running_gateway() as gateway:
+        client = GatewayClient(gateway.url, ADMIN_TOKEN)
+        app = app_for(source, actions=Actions(faults=GatewayFaultInjector(client)))
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            for key in ("B", "D"):
+                await pilot.press(key)
+                await app.workers.wait_for_complete()
+            rules = client.list_faults()
+            assert [(r.kind, r.count) for r in rules] == [("503", 3), ("degrade", 1)]
+            await pilot.press("X")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert client.list_faults() == []
+            messages = " ".join(str(n.message) for n in app._notifications)
+            assert "injected 503 for the next 3 calls" in messages and "cleared 2 fault rule(s)" in messages
+        client.close()
+
+
+async def test_an_unreachable_gateway_is_an_error_notification_not_a_crash(source):
+    from qactl.client.gateway import GatewayClient, GatewayFaultInjector
+    from tests.services.llm_gateway.server import free_port
+
+    client = GatewayClient(f"http://127.0.0.1:{free_port()}", "token")
+    app = app_for(source, actions=Actions(faults=GatewayFaultInjector(client)))
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("T")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        errors = [n for n in app._notifications if n.severity == "error"]
+        assert errors and "does not answer" in str(errors[0].message)
+        assert app.is_running
+    client.close()
+
+
+class SlowDemo:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.fired: list[str] = []
+
+    def fire(self, case: str) -> str:
+        self.fired.append(case)
+        self.release.wait(10)
+        return f"{case} ok"
+
+
+async def test_one_demo_case_at_a_time(source):
+    demo = SlowDemo()
+    app = app_for(source, actions=Actions(demo=demo))
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("n")
+        await wait_for(pilot, lambda: demo.fired == ["normal"])
+        await pilot.press("o")
+        await pilot.pause()
+        assert any("demo normal is still running" in str(n.message) for n in app._notifications)
+        demo.release.set()
+        await app.workers.wait_for_complete()
+        await pilot.press("o")
+        await wait_for(pilot, lambda: demo.fired == ["normal", "overload"])
+
+
+def test_make_app_wires_the_real_source_and_actions():
+    from qactl.client.dashboard import DashboardSource
+    from qactl.client.gateway import GatewayFaultInjector
+    from qactl.demo.runner import StackDemoFirer
+
+    app = make_app(load_settings(policies={"quality_threshold": 0.8}), refresh_seconds=2.0)
+    try:
+        assert isinstance(app.source, DashboardSource)
+        assert isinstance(app.actions.demo, StackDemoFirer)
+        assert isinstance(app.actions.faults, GatewayFaultInjector)
+        assert (app.threshold, app.refresh_seconds) == (0.8, 2.0)
+    finally:
+        app.source.close()
