@@ -306,7 +306,7 @@ async def test_one_demo_case_at_a_time(source):
         await wait_for(pilot, lambda: demo.fired == ["normal", "overload"])
 
 
-def test_make_app_wires_the_real_source_and_actions():
+async def test_make_app_wires_the_real_source_and_actions():
     from qactl.client.dashboard import DashboardSource
     from qactl.client.gateway import GatewayFaultInjector
     from qactl.demo.runner import StackDemoFirer
