@@ -22,7 +22,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
-from services.common.kafka import flush_or_raise, is_real_error, make_consumer, make_producer, send_poison_to_dead_letter
+from services.common.kafka import (
+    flush_or_raise,
+    is_real_error,
+    make_consumer,
+    make_producer,
+    send_poison_to_dead_letter,
+)
 from services.common.schemas import DeadLetter, PoisonMessage, ScoredAnswer, decode
 from services.common.settings import QactlSettings
 from services.persister.cache import AnswerCache

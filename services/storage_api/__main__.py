@@ -10,7 +10,7 @@ import uvicorn
 
 from services.common.runner import setup_logging
 from services.common.settings import get_settings
-from services.storage_api.app import make_app
+from services.storage_api.asgi import make_app
 
 
 def main() -> None:

@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from services.common import topics
-from services.common.cache import CachedAnswer
 from services.common.schemas import TERMINAL_STAGES, Hop, QuestionMessage, Stage, question_id_for, utcnow
 from services.common.settings import QactlSettings
 from services.storage_api.inputs import BadInput, QueryRequest, parse_query
-from services.storage_api.limits import BodyLimitMiddleware, BodyTooLarge
 from services.storage_api.metrics import ApiMetrics
 from services.storage_api.producer import AsyncProducer, KafkaUnavailable
 from services.storage_api.redis_view import RedisView
+from services.storage_api.replies import Reply, accepted, error, hit, unavailable
 from services.storage_api.store import DatabaseUnavailable, QuestionStore, StoredStatus
 
 log = logging.getLogger(__name__)
@@ -40,64 +32,6 @@ PROBE_SECONDS = 1.0
 # An accepted question whose produce was never confirmed (the API died in between) is produced
 # again after this long; a duplicate run is absorbed downstream (terminal states are written once).
 REQUEUE_AFTER_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer before it meets a framework: the fast path and FastAPI both send it."""
-
-    status: int
-    payload: dict[str, Any]
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def body(self) -> bytes:
-        return json.dumps(self.payload, default=_default).encode()
-
-    def response(self) -> Response:
-        return Response(self.body(), status_code=self.status, media_type="application/json", headers=dict(self.headers))
-
-
-def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, payload, tuple((headers or {}).items()))
-
-
-def _default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Reply:
-    return _json(status, {"error": code, "detail": detail}, headers)
-
-
-def _unavailable(detail: str) -> Reply:
-    return _error(503, "unavailable", detail, {"Retry-After": "2"})
-
-
-def _hit(answer: CachedAnswer, source: str) -> Reply:
-    return _json(
-        200,
-        {
-            "question_id": answer.question_id,
-            "status": answer.status,
-            "answer": answer.answer,
-            "score": answer.score,
-            "model": answer.model,
-            "attempt": answer.attempt,
-            "completed_at": answer.completed_at,
-            "source": source,
-        },
-    )
-
-
-def _accepted(question_id: str, coalesced: bool) -> Reply:
-    url = f"/status/{question_id}"
-    return _json(
-        202,
-        {"question_id": question_id, "status": Stage.queued.value, "status_url": url, "coalesced": coalesced},
-        {"Location": url},
-    )
 
 
 class StorageApi:
@@ -140,12 +74,12 @@ class StorageApi:
         try:
             request = parse_query(body, self.settings.api)
         except BadInput as bad:
-            return "invalid", _error(bad.status, bad.code, bad.detail)
+            return "invalid", error(bad.status, bad.code, bad.detail)
         question_id = question_id_for(request.question)
 
         cached = await self.redis.cached_answer(question_id)
         if cached is not None:
-            return "cache_hit", _hit(cached, "cache")
+            return "cache_hit", hit(cached, "cache")
 
         claim = not self.producer.known_down
         now = utcnow()
@@ -154,12 +88,12 @@ class StorageApi:
                 question_id, request.question, request.reference_answer, now, claim=claim
             )
         except DatabaseUnavailable as exc:
-            return "unavailable", _unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
+            return "unavailable", unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
         if lookup.hit is not None:
             self.redis.fill_cache(lookup.hit, self.settings.redis.cache_ttl_seconds)
-            return "db_hit", _hit(lookup.hit, "database")
+            return "db_hit", hit(lookup.hit, "database")
         if not claim:
-            return "unavailable", _unavailable(
+            return "unavailable", unavailable(
                 f"Kafka is unavailable ({self.producer.health.detail}); the question was not accepted, retry later"
             )
         if not lookup.claimed:
@@ -176,8 +110,8 @@ class StorageApi:
             try:
                 await asyncio.shield(pending)
             except KafkaUnavailable as exc:
-                return "unavailable", _unavailable(f"{exc}; the question was not accepted, retry later")
-        return "coalesced", _accepted(question_id, coalesced=True)
+                return "unavailable", unavailable(f"{exc}; the question was not accepted, retry later")
+        return "coalesced", accepted(question_id, coalesced=True)
 
     async def _produce(self, question_id: str, request: QueryRequest, now: datetime) -> tuple[str, Reply]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -200,13 +134,13 @@ class StorageApi:
             done.set_exception(exc)
             done.exception()  # retrieved here, so an unawaited future does not log a warning
             await self._release(question_id, now)
-            return "unavailable", _unavailable(f"{exc}; the question was not accepted, retry later")
+            return "unavailable", unavailable(f"{exc}; the question was not accepted, retry later")
         finally:
             self._inflight.pop(question_id, None)
         self.metrics.produce_latency.observe(time.perf_counter() - started)
         done.set_result(None)
         self.store.mark_produced(question_id)
-        return "accepted", _accepted(question_id, coalesced=False)
+        return "accepted", accepted(question_id, coalesced=False)
 
     async def _release(self, question_id: str, submitted_at: datetime) -> None:
         """Undo an acceptance Kafka refused, so that asking again produces again."""
@@ -229,8 +163,8 @@ class StorageApi:
             database_error = str(exc)
         if stored is None and live is None:
             if database_error is not None:
-                return "unavailable", _unavailable(f"PostgreSQL is unavailable ({database_error}) and Redis knows nothing of {question_id}")
-            return "not_found", _error(404, "not_found", f"no question with id {question_id}")
+                return "unavailable", unavailable(f"PostgreSQL is unavailable ({database_error}) and Redis knows nothing of {question_id}")
+            return "not_found", error(404, "not_found", f"no question with id {question_id}")
         live_stage, hops = live if live is not None else (None, [])
         state = _current_state(stored, live_stage)
         payload: dict[str, Any] = {
@@ -247,7 +181,7 @@ class StorageApi:
             payload["warning"] = f"PostgreSQL is unavailable ({database_error}); live state only"
         elif not self.redis.ok:
             payload["warning"] = "Redis is unavailable; hops of a question in flight are not shown"
-        return "found", _json(200, payload)
+        return "found", Reply(200, payload)
 
     # --- GET /health -------------------------------------------------------------------------
 
@@ -331,147 +265,3 @@ def _current_state(stored: StoredStatus | None, live: Stage | None) -> Stage:
         return stored.state
     # Redis says terminal but PostgreSQL has no row yet: the persister has not written it.
     return live if live is not None else Stage.queued
-
-
-class ApiApp:
-    """The ASGI app uvicorn serves: ``POST /query`` on a direct path, everything else by FastAPI.
-
-    The 202 path is the one that must take single-digit milliseconds at 1,000 requests/s on two
-    cores; FastAPI's routing and middleware layers cost about as much CPU as the work itself, so
-    that route is answered here by the same ``StorageApi.query`` (FastAPI still declares it, for
-    the OpenAPI document, and serves it when this wrapper is bypassed).
-    """
-
-    def __init__(self, fastapi: FastAPI, api: "StorageApi", max_body_bytes: int) -> None:
-        self.fastapi = fastapi
-        self.api = api
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/query" and scope["method"] == "POST":
-            await self._query(scope, receive, send)
-        else:
-            await self.fastapi(scope, receive, send)
-
-    async def _query(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        started = time.perf_counter()
-        limit = self.max_body_bytes
-        reply: Reply | None = None
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            reply = _too_large(limit)
-        else:
-            chunks: list[bytes] = []
-            size = 0
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    reply = _too_large(limit)
-                    break
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-        if reply is not None:
-            outcome = "too_large"
-        else:
-            try:
-                outcome, reply = await self.api.query(b"".join(chunks))
-            except Exception:  # an unexpected failure answers 500 and is logged; it never kills the server
-                log.exception("POST /query failed")
-                outcome, reply = "error", _error(500, "internal_error", "the storage API failed; see its log")
-        body = reply.body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self.api.metrics.observe("query", outcome, time.perf_counter() - started)
-
-
-def _content_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _too_large(limit: int) -> Reply:
-    # The body was not read to its end: the connection cannot serve another request.
-    return _error(413, "body_too_large", f"request body is larger than the limit of {limit} bytes", {"Connection": "close"})
-
-
-def make_app(settings: QactlSettings) -> ApiApp:
-    """The storage API as an ASGI app (``.fastapi`` is the FastAPI part, ``.api`` its logic)."""
-    api = StorageApi(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await api.start()
-        try:
-            yield
-        finally:
-            await api.stop()
-
-    app = FastAPI(
-        title="qactl storage API",
-        version="1",
-        description="Accepts questions for the asynchronous LLM pipeline and answers from its store.",
-        lifespan=lifespan,
-    )
-    app.state.api = api
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(_request: Request, exc: BodyTooLarge) -> Response:
-        api.metrics.observe("query", "too_large", 0.0)
-        return _too_large(exc.limit).response()
-
-    query_schema = QueryRequest.model_json_schema()
-
-    @app.post(
-        "/query",
-        summary="Ask a question",
-        status_code=202,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": query_schema}}}},
-        responses={
-            200: {"description": "Already answered: the stored answer, its score and state."},
-            202: {"description": "Accepted: follow it at status_url."},
-            400: {"description": "Body is empty, not UTF-8 or not JSON."},
-            413: {"description": "Body over the configured limit."},
-            422: {"description": "Fields missing, of the wrong type, empty or too long."},
-            503: {"description": "Kafka or PostgreSQL unavailable: nothing was accepted, retry."},
-        },
-    )
-    async def query(request: Request) -> Response:
-        started = time.perf_counter()
-        outcome, reply = await api.query(await request.body())
-        api.metrics.observe("query", outcome, time.perf_counter() - started)
-        return reply.response()
-
-    @app.get(
-        "/status/{question_id}",
-        summary="Where a question is",
-        responses={404: {"description": "No such question."}},
-    )
-    async def status(question_id: str) -> Response:
-        started = time.perf_counter()
-        outcome, reply = await api.status(question_id)
-        api.metrics.observe("status", outcome, time.perf_counter() - started)
-        return reply.response()
-
-    @app.get("/health", summary="Each dependency's state; 503 when questions cannot be accepted")
-    async def health() -> Response:
-        code, payload = api.health()
-        return _json(code, payload).response()
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
-    return ApiApp(app, api, settings.api.max_body_bytes)

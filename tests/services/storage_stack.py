@@ -1,5 +1,5 @@
-"""What the storage API and persister tests share: Kafka, Redis and PostgreSQL (migrated) started
-through the same runtime code as `qactl up`, and small readers of what they hold.
+"""What the storage API and persister tests share on the session stack (tests/stack.py): stopping
+and restarting a component the way `qactl up` does, and small readers of what the systems hold.
 
 Nothing here imitates a system: rows are read from PostgreSQL, offsets from Kafka, keys from Redis.
 """
@@ -18,17 +18,6 @@ from qactl.client import kafka_admin
 from qactl.runtime.supervisor import ProcessSpec, Supervisor
 from services.common import topics
 from services.common.settings import QactlSettings
-
-
-def ensure_storage_stack(settings: QactlSettings) -> QactlSettings:
-    """Kafka, PostgreSQL (database created, migrations applied) and Redis; idempotent."""
-    from qactl.runtime import kafka, postgres
-    from qactl.runtime import redis as redis_runtime
-    from qactl.runtime.stack import Stack
-
-    components = [*kafka.components(settings), *postgres.components(settings), *redis_runtime.components(settings)]
-    Stack(settings, components=components).up()
-    return settings
 
 
 def bring_back(settings: QactlSettings, name: str) -> None:

@@ -19,16 +19,16 @@ from services.common.cache import CachedAnswer, cache_key
 from services.common.schemas import Hop, LLMAnswer, QuestionMessage, Stage, question_id_for, utcnow
 from services.common.settings import QactlSettings, get_settings
 from services.common.status import StatusTracker
-from tests.services.pipeline import produce_models, settings_for_tests, specs_of, watching
-from tests.services.storage_stack import ensure_storage_stack, process, redis_client
+from tests.services.pipeline import produce_models, specs_of, watching
+from tests.services.storage_stack import process, redis_client
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[QactlSettings]:
-    """The storage API and the persister as `qactl up` runs them, on Kafka, PostgreSQL and Redis."""
-    settings = ensure_storage_stack(settings_for_tests())
+def stack(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
+    """The storage API and the persister as `qactl up` runs them, on the session stack."""
+    settings = infra_stack
     (api,) = specs_of(settings, "storage-api")
     (persister,) = specs_of(settings, "persister")
     with process(settings, api), process(settings, persister):

@@ -6,13 +6,14 @@ import pytest
 
 from qactl.runtime.supervisor import ProcessSpec
 from services.common.settings import QactlSettings
-from tests.services.pipeline import settings_for_tests, specs_of
-from tests.services.storage_stack import ensure_storage_stack, process
+from tests.services.pipeline import specs_of
+from tests.services.storage_stack import process
 
 
 @pytest.fixture(scope="session")
-def storage_settings() -> QactlSettings:
-    return ensure_storage_stack(settings_for_tests())
+def storage_settings(infra_stack: QactlSettings) -> QactlSettings:
+    """The session stack (tests/stack.py): Kafka, PostgreSQL (migrated), Redis, Flink."""
+    return infra_stack
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from services.common import topics
 from qactl.runtime.supervisor import Supervisor
+from services.common import topics
 from services.common.schemas import question_id_for
 from services.common.settings import QactlSettings
 from services.storage_api.app import StorageApi

@@ -1,0 +1,165 @@
+"""The ASGI app uvicorn serves: a direct path for ``POST /query``, FastAPI for the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.settings import QactlSettings
+from services.storage_api.app import StorageApi
+from services.storage_api.inputs import QueryRequest
+from services.storage_api.limits import BodyLimitMiddleware, BodyTooLarge
+from services.storage_api.replies import Reply, error, reply
+
+log = logging.getLogger(__name__)
+
+
+class ApiApp:
+    """The ASGI app uvicorn serves: ``POST /query`` on a direct path, everything else by FastAPI.
+
+    The 202 path is the one that must take single-digit milliseconds at 1,000 requests/s on two
+    cores; FastAPI's routing and middleware layers cost about as much CPU as the work itself, so
+    that route is answered here by the same ``StorageApi.query`` (FastAPI still declares it, for
+    the OpenAPI document, and serves it when this wrapper is bypassed).
+    """
+
+    def __init__(self, fastapi: FastAPI, api: StorageApi, max_body_bytes: int) -> None:
+        self.fastapi = fastapi
+        self.api = api
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/query" and scope["method"] == "POST":
+            await self._query(scope, receive, send)
+        else:
+            await self.fastapi(scope, receive, send)
+
+    async def _query(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        limit = self.max_body_bytes
+        answer: Reply | None = None
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            answer = _too_large(limit)
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    answer = _too_large(limit)
+                    break
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        if answer is not None:
+            outcome = "too_large"
+        else:
+            try:
+                outcome, answer = await self.api.query(b"".join(chunks))
+            except Exception:  # an unexpected failure answers 500 and is logged; it never kills the server
+                log.exception("POST /query failed")
+                outcome, answer = "error", error(500, "internal_error", "the storage API failed; see its log")
+        body = answer.body()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.api.metrics.observe("query", outcome, time.perf_counter() - started)
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(limit: int) -> Reply:
+    # The body was not read to its end: the connection cannot serve another request.
+    return error(413, "body_too_large", f"request body is larger than the limit of {limit} bytes", {"Connection": "close"})
+
+
+def make_app(settings: QactlSettings) -> ApiApp:
+    """The storage API as an ASGI app (``.fastapi`` is the FastAPI part, ``.api`` its logic)."""
+    api = StorageApi(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await api.start()
+        try:
+            yield
+        finally:
+            await api.stop()
+
+    app = FastAPI(
+        title="qactl storage API",
+        version="1",
+        description="Accepts questions for the asynchronous LLM pipeline and answers from its store.",
+        lifespan=lifespan,
+    )
+    app.state.api = api
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_request: Request, exc: BodyTooLarge) -> Response:
+        api.metrics.observe("query", "too_large", 0.0)
+        return _too_large(exc.limit).response()
+
+    query_schema = QueryRequest.model_json_schema()
+
+    @app.post(
+        "/query",
+        summary="Ask a question",
+        status_code=202,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": query_schema}}}},
+        responses={
+            200: {"description": "Already answered: the stored answer, its score and state."},
+            202: {"description": "Accepted: follow it at status_url."},
+            400: {"description": "Body is empty, not UTF-8 or not JSON."},
+            413: {"description": "Body over the configured limit."},
+            422: {"description": "Fields missing, of the wrong type, empty or too long."},
+            503: {"description": "Kafka or PostgreSQL unavailable: nothing was accepted, retry."},
+        },
+    )
+    async def query(request: Request) -> Response:
+        started = time.perf_counter()
+        outcome, answer = await api.query(await request.body())
+        api.metrics.observe("query", outcome, time.perf_counter() - started)
+        return answer.response()
+
+    @app.get(
+        "/status/{question_id}",
+        summary="Where a question is",
+        responses={404: {"description": "No such question."}},
+    )
+    async def status(question_id: str) -> Response:
+        started = time.perf_counter()
+        outcome, answer = await api.status(question_id)
+        api.metrics.observe("status", outcome, time.perf_counter() - started)
+        return answer.response()
+
+    @app.get("/health", summary="Each dependency's state; 503 when questions cannot be accepted")
+    async def health() -> Response:
+        code, payload = api.health()
+        return reply(code, payload).response()
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    return ApiApp(app, api, settings.api.max_body_bytes)
