@@ -118,7 +118,7 @@ LEFT JOIN hit h USING (question_id)
 
 STATUS = """
 SELECT q.state, q.question, q.submitted_at, q.updated_at, q.terminal_at,
-       r.answer, r.score, r.model, r.attempt, r.hops AS response_hops,
+       r.answer, r.score, r.model, r.attempt, r.status AS response_status, r.hops AS response_hops,
        f.reason, f.hops AS failure_hops
 FROM (SELECT $1::text AS question_id) AS wanted
 LEFT JOIN questions q ON q.question_id = wanted.question_id
@@ -263,7 +263,7 @@ class QuestionStore:
         row = await self._run("status", "fetchrow", STATUS, question_id)
         if row is None or (row["state"] is None and row["answer"] is None and row["reason"] is None):
             return None
-        state = _stage(row["state"], row["answer"] is not None, row["reason"] is not None)
+        state = _stage(row["state"] or row["response_status"], row["answer"] is not None, row["reason"] is not None)
         hops = row["response_hops"] or row["failure_hops"] or []
         return StoredStatus(
             state=state, question=row["question"], submitted_at=row["submitted_at"],

@@ -245,3 +245,16 @@ def test_json_error_bodies_say_what_is_wrong(api_url: str) -> None:
     response = httpx.post(f"{api_url}/query", json={"question": 7})
     assert response.headers["content-type"] == "application/json"
     assert json.loads(response.text) == {"error": "invalid_field", "detail": "question: input should be a valid string, got a number"}
+
+
+def test_status_of_an_answer_stored_without_a_run_says_its_state(storage_settings: QactlSettings, api_url: str) -> None:
+    """An imported answer has a responses row and no questions row."""
+    text = unique("imported")
+    question_id = question_id_for(text)
+    query(
+        storage_settings,
+        "INSERT INTO responses (question_id, question, answer, score, status, source) VALUES (%s, %s, %s, %s, %s, 'import')",
+        question_id, text, "From the earlier run.", 0.7, "low_quality",
+    )
+    status = httpx.get(f"{api_url}/status/{question_id}").json()
+    assert (status["state"], status["terminal"], status["answer"]) == ("low_quality", True, "From the earlier run.")
