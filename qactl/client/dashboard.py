@@ -184,6 +184,10 @@ class QualityProbe(Protocol):
         """Question text by id, for the ids it knows."""
         ...
 
+    def hops(self, question_id: str) -> Sequence[Hop]:
+        """The hops stored with a terminal state (empty for a question still in flight)."""
+        ...
+
 
 class LiveProbe(Protocol):
     """Redis: where in-flight questions are right now."""
@@ -379,15 +383,20 @@ class DashboardSource:
         )
 
     def journey(self, question_id: str) -> Journey:
-        if self._live is None:
-            return Journey(question_id, ())
-        hops = tuple(self._live.hops(question_id))
-        return Journey(
-            question_id,
-            hops,
-            question=self._question_text.get(question_id),
-            stage=hops[-1].stage if hops else None,
-        )
+        """Hops from Redis while the status lives there, else those stored in PostgreSQL.
+
+        May run on another thread than ``snapshot``: the probes it uses are thread-safe.
+        """
+        hops: tuple[Hop, ...] = ()
+        if self._live is not None:
+            hops = tuple(self._live.hops(question_id))
+        question = self._question_text.get(question_id)
+        if self._quality is not None:
+            if not hops:
+                hops = tuple(self._quality.hops(question_id))
+            if question is None:
+                question = self._quality.questions([question_id]).get(question_id)
+        return Journey(question_id, hops, question=question, stage=hops[-1].stage if hops else None)
 
     def close(self) -> None:
         if self._health is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -413,6 +414,8 @@ class PostgresQualityProbe:
         self._dsn = settings.postgres.url
         self._timeout = timeout
         self._conn = None
+        # The poll and a journey screen may ask at the same time; one query at a time.
+        self._lock = threading.Lock()
 
     def _cursor(self):  # type: ignore[no-untyped-def]
         from qactl.client import pg
@@ -427,13 +430,14 @@ class PostgresQualityProbe:
     def _query(self, sql: str, params: object = None) -> list[tuple]:  # type: ignore[type-arg]
         import psycopg2
 
-        try:
-            with self._cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self.close()
-            raise
+        with self._lock:
+            try:
+                with self._cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._close()
+                raise
 
     def score_histogram(self, edges: Sequence[float], threshold: float) -> ScoreHistogram:
         width = round(edges[1] - edges[0], 9)
@@ -464,7 +468,23 @@ class PostgresQualityProbe:
         )
         return {qid: text for qid, text in rows}
 
+    def hops(self, question_id: str) -> Sequence[Hop]:
+        """The hops stored with the terminal state, for questions whose Redis status expired."""
+        rows = self._query(
+            "SELECT hops FROM responses WHERE question_id = %(q)s"
+            " UNION ALL (SELECT hops FROM failed_questions WHERE question_id = %(q)s ORDER BY failed_at DESC LIMIT 1)",
+            {"q": question_id},
+        )
+        for (raw,) in rows:
+            if isinstance(raw, list) and raw:
+                return [Hop.model_validate(item) for item in raw]
+        return []
+
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.close()

@@ -105,12 +105,17 @@ class Quality:
         self.question_lookups.append(list(ids))
         return {qid: f"text of {qid}" for qid in ids if qid != "q-unknown"}
 
+    def hops(self, question_id):
+        return [Hop(stage=Stage.queued, at=T0), Hop(stage=Stage.failed, at=T0)] if question_id == "q-old" else []
+
 
 class Live:
     def recent_questions(self, limit):
         return [QuestionRow("q-1", Stage.generating, T0), QuestionRow("q-unknown", Stage.queued, T0)]
 
     def hops(self, question_id):
+        if question_id == "q-old":
+            return []  # expired from Redis
         return [Hop(stage=Stage.queued, at=T0), Hop(stage=Stage.validated, at=T0, score=0.9)]
 
 
@@ -183,9 +188,13 @@ def test_health_runs_on_its_own_thread_and_never_holds_up_a_poll():
     source.close()
 
 
-def test_journey_comes_from_the_live_probe():
-    journey = DashboardSource(load_settings(), live=Live()).journey("q-1")
-    assert journey.stage == Stage.validated and len(journey.hops) == 2
+def test_journey_comes_from_redis_then_from_postgresql_once_expired():
+    source = DashboardSource(load_settings(), live=Live(), quality=Quality())
+    live = source.journey("q-1")
+    assert live.stage == Stage.validated and len(live.hops) == 2
+    assert live.question == "text of q-1"
+    stored = source.journey("q-old")
+    assert stored.stage == Stage.failed and stored.question == "text of q-old"
 
 
 def test_records_through_a_job_read_from_flink_job_detail():

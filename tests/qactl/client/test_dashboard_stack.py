@@ -126,3 +126,30 @@ def test_a_full_snapshot_of_the_real_stack(infra_settings, clean_tables):
     assert [b.kind for b in snap.retries] == ["overload"] * 3 + ["quota"]
     assert snap.scores is not None and snap.regenerations is not None
     assert any(c.name == "kafka" and c.ok for c in health)
+
+
+def test_stored_hops_for_a_journey_whose_redis_status_expired(infra_settings, clean_tables):
+    import json
+
+    from services.common.schemas import ErrorInfo, ErrorKind
+
+    hops = [
+        Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name),
+        Hop(stage=Stage.retrying_quota, topic=topics.QUOTA_DELAY.name, delay_seconds=6.0,
+            error=ErrorInfo(kind=ErrorKind.quota, status_code=402)),
+        Hop(stage=Stage.failed, topic=topics.DEAD_LETTER.name, error=ErrorInfo(kind=ErrorKind.exhausted)),
+    ]
+    with clean_tables.cursor() as cur:
+        cur.execute("INSERT INTO questions (question_id, question) VALUES ('q-gone', 'Why did it fail?')")
+        cur.execute(
+            "INSERT INTO failed_questions (question_id, reason, error_kind, hops) VALUES ('q-gone', 'x', 'exhausted', %s)",
+            (json.dumps([h.model_dump(mode="json") for h in hops]),),
+        )
+    source = DashboardSource.for_stack(infra_settings)
+    try:
+        journey = source.journey("q-gone")
+    finally:
+        source.close()
+    assert journey.question == "Why did it fail?"
+    assert [h.stage for h in journey.hops] == [Stage.queued, Stage.retrying_quota, Stage.failed]
+    assert journey.hops[1].error.status_code == 402
