@@ -34,8 +34,17 @@ class KnowledgeBase(BaseModel):
         self._by_question = {normalize_question(e.question): e for e in self.entries}
 
     def lookup(self, question: str) -> KnowledgeEntry | None:
-        """The entry of a question, compared after normalization (case, width, whitespace)."""
-        return self._by_question.get(normalize_question(question))
+        """The entry of a question, compared after normalization (case, width, whitespace).
+
+        A question that starts with a known one ("What is Apache Flink? (run 7)") gets that
+        entry too, as an LLM would answer the question and ignore the tag; the longest match wins.
+        """
+        normalized = normalize_question(question)
+        exact = self._by_question.get(normalized)
+        if exact is not None:
+            return exact
+        prefixes = [known for known in self._by_question if normalized.startswith(known)]
+        return self._by_question[max(prefixes, key=len)] if prefixes else None
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -37,3 +37,10 @@ def test_invalid_file_is_refused(tmp_path: Path) -> None:
     bad.write_text("entries:\n  - question: q\n    reference_answer: r\n    paraphrases: []\n    degraded: [x]\n")
     with pytest.raises(ValueError):
         load_knowledge_base(bad)
+
+
+def test_a_tagged_question_gets_the_entry_it_starts_with():
+    kb = load_knowledge_base()
+    entry = kb.entries[0]
+    assert kb.lookup(f"{entry.question.upper()}  (run 7)") is entry
+    assert kb.lookup(f"Tell me: {entry.question}") is None
