@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -117,6 +118,50 @@ async def run(url: str, rate: float, total: int, connections: int, warmup: int) 
     return results
 
 
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on ``port`` (Linux /proc), to measure its CPU time."""
+    import glob
+    import os
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in inodes:
+                return int(fd.split("/")[2])
+        except OSError:
+            continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process, all threads."""
+    import os
+
+    if pid is None:
+        return None
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_load() -> str:
+    try:
+        return open("/proc/loadavg").read().split(" ", 3)[0]
+    except OSError:
+        return "?"
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -165,7 +210,7 @@ end
 """
 
 
-def run_wrk(url: str, connections: int, seconds: float, threads: int) -> None:
+def run_wrk(url: str, connections: int, seconds: float, threads: int) -> int:
     import shutil
     import subprocess
     import tempfile
@@ -184,6 +229,7 @@ def run_wrk(url: str, connections: int, seconds: float, threads: int) -> None:
     print(f"requests      {requests} in {duration:.2f} s -> {requests / duration:.0f} req/s (closed loop, {connections} connections)")
     print(f"errors        {fields['status_errors']} non-2xx/3xx, {fields['socket_errors']} socket")
     print("latency ms    p50 {p50}  p90 {p90}  p99 {p99}  p99.9 {p999}  max {max}  mean {mean}".format(**fields))
+    return requests
 
 
 def main() -> None:
@@ -202,20 +248,29 @@ def main() -> None:
         from services.common.settings import get_settings
 
         url = get_settings().api.base_url
+    pid = listening_pid(urlsplit(url).port or 80)
+    print(f"machine: {os.cpu_count()} cores, load average {machine_load()} before the run"
+          + (f"; API pid {pid}" if pid else "; API pid not found (CPU per request not measured)"))
+    cpu_before = cpu_seconds(pid)
     if args.wrk:
         print(f"POST {url}/query with wrk, distinct questions, {args.connections} connections, {args.seconds:.0f} s")
-        run_wrk(url, args.connections, args.seconds, args.threads)
-        return
-    total = args.requests or (int(args.rate * args.seconds) if args.rate > 0 else 5000)
-    try:
-        import uvloop
+        requests = run_wrk(url, args.connections, args.seconds, args.threads)
+    else:
+        total = args.requests or (int(args.rate * args.seconds) if args.rate > 0 else 5000)
+        try:
+            import uvloop
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    print(f"POST {url}/query, {total} distinct questions, {args.connections} keep-alive connections")
-    results = runner(run(url, args.rate, total, args.connections, args.warmup))
-    report(results, args.rate)
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        print(f"POST {url}/query, {total} distinct questions, {args.connections} keep-alive connections")
+        results = runner(run(url, args.rate, total, args.connections, args.warmup))
+        report(results, args.rate)
+        requests = len(results.latencies_ms) + args.warmup
+    cpu_after = cpu_seconds(pid)
+    if cpu_before is not None and cpu_after is not None and requests:
+        print(f"API CPU       {(cpu_after - cpu_before) / requests * 1000:.3f} ms per request (all its threads)")
+    print(f"machine       load average {machine_load()} after the run")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ class AsyncProducer:
             **{
                 # Short linger: a 202 waits for its acknowledgement, so batching costs latency.
                 "linger.ms": 2,
+                # Small produce requests pipelined on one connection: no Nagle delay between them.
+                "socket.nagle.disable": True,
                 "message.timeout.ms": DELIVERY_TIMEOUT_MS,
                 "socket.connection.setup.timeout.ms": 2000,
                 "reconnect.backoff.max.ms": 1000,
