@@ -155,6 +155,32 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_sums(url: str) -> dict[str, float]:
+    """Sums and counts from the API's own /metrics: time inside the API and Kafka's ack time."""
+    import urllib.request
+
+    wanted = {
+        'qactl_api_request_seconds_sum{endpoint="query",outcome="accepted"}': "request_sum",
+        'qactl_api_request_seconds_count{endpoint="query",outcome="accepted"}': "request_count",
+        'qactl_api_step_seconds_sum{step="cache"}': "cache_sum",
+        'qactl_api_step_seconds_count{step="cache"}': "cache_count",
+        'qactl_api_step_seconds_sum{step="database"}': "database_sum",
+        'qactl_api_step_seconds_count{step="database"}': "database_count",
+        'qactl_api_step_seconds_sum{step="kafka"}': "kafka_sum",
+        'qactl_api_step_seconds_count{step="kafka"}': "kafka_count",
+    }
+    found = dict.fromkeys(wanted.values(), 0.0)
+    try:
+        text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
+
+
 def machine_load() -> str:
     try:
         return open("/proc/loadavg").read().split(" ", 3)[0]
@@ -252,6 +278,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {machine_load()} before the run"
           + (f"; API pid {pid}" if pid else "; API pid not found (CPU per request not measured)"))
     cpu_before = cpu_seconds(pid)
+    sums_before = server_sums(url)
     if args.wrk:
         print(f"POST {url}/query with wrk, distinct questions, {args.connections} connections, {args.seconds:.0f} s")
         requests = run_wrk(url, args.connections, args.seconds, args.threads)
@@ -270,6 +297,14 @@ def main() -> None:
     cpu_after = cpu_seconds(pid)
     if cpu_before is not None and cpu_after is not None and requests:
         print(f"API CPU       {(cpu_after - cpu_before) / requests * 1000:.3f} ms per request (all its threads)")
+    sums = {k: v - sums_before[k] for k, v in server_sums(url).items()}
+    if sums["request_count"]:
+        steps = ", ".join(
+            f"{step} {sums[step + '_sum'] / sums[step + '_count'] * 1000:.2f}"
+            for step in ("cache", "database", "kafka") if sums[step + "_count"]
+        )
+        print(f"inside API    {sums['request_sum'] / sums['request_count'] * 1000:.2f} ms mean per accepted question"
+              f" (means by step, ms: {steps})")
     print(f"machine       load average {machine_load()} after the run")
 
 

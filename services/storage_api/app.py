@@ -77,16 +77,20 @@ class StorageApi:
             return "invalid", error(bad.status, bad.code, bad.detail)
         question_id = question_id_for(request.question)
 
+        started = time.perf_counter()
         cached = await self.redis.cached_answer(question_id)
+        self.metrics.step_latency.labels("cache").observe(time.perf_counter() - started)
         if cached is not None:
             return "cache_hit", hit(cached, "cache")
 
         claim = not self.producer.known_down
         now = utcnow()
+        started = time.perf_counter()
         try:
             lookup = await self.store.lookup_or_claim(
                 question_id, request.question, request.reference_answer, now, claim=claim
             )
+            self.metrics.step_latency.labels("database").observe(time.perf_counter() - started)
         except DatabaseUnavailable as exc:
             return "unavailable", unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
         if lookup.hit is not None:
@@ -137,7 +141,7 @@ class StorageApi:
             return "unavailable", unavailable(f"{exc}; the question was not accepted, retry later")
         finally:
             self._inflight.pop(question_id, None)
-        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        self.metrics.step_latency.labels("kafka").observe(time.perf_counter() - started)
         done.set_result(None)
         self.store.mark_produced(question_id)
         return "accepted", accepted(question_id, coalesced=False)

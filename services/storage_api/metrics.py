@@ -25,9 +25,11 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.produce_latency = Histogram(
-            "qactl_api_produce_seconds",
-            "Time Kafka took to acknowledge a question (acks=all).",
+        self.step_latency = Histogram(
+            "qactl_api_step_seconds",
+            "Time of each step of POST /query: cache (Redis read), database (lookup or claim, one "
+            "batched statement), kafka (until the broker acknowledged the question, acks=all).",
+            ["step"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
