@@ -201,43 +201,38 @@ class Gateway:
 # --- the stack these tests run against ---
 
 
-def settings_for_tests(**overrides: Any) -> QactlSettings:
-    """Settings on the test port range (QACTL_TEST_PORT_BASE, default 23000), shortened delays.
+def pipeline_settings(infra: QactlSettings) -> QactlSettings:
+    """The session stack's settings (tests/stack.py) as the pipeline tests use them.
 
-    Retry delays are scaled by 0.1 (overload 0.1/0.2/0.4 s, quota 6 s -> overridden per test)
-    so the retry paths run in seconds; the tests say where they rely on it.
+    The LLM is the built-in gateway with a 10 s timeout, and retry delays are scaled by 0.1
+    (overload 0.1 / 0.2 / 0.4 s, quota 6 s) so the retry paths run in seconds; tests that need
+    other delays say so.
     """
-    import os
+    return infra.model_copy(
+        update={
+            "llm": infra.llm.model_copy(update={"backend": "gateway", "timeout_seconds": 10.0}),
+            "policies": infra.policies.model_copy(update={"delay_scale": 0.1}),
+        }
+    )
 
-    from services.common.settings import load_settings
 
-    base = int(os.environ.get("QACTL_TEST_PORT_BASE", "23000"))
-    values: dict[str, Any] = {
-        "state_dir": os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-services-test-{base}"),
-        "kafka": {"port": base + 92, "controller_port": base + 93},
-        "redis": {"port": base + 379},
-        "postgres": {"port": base + 432},
-        "api": {"port": base + 1},
-        "gateway": {"port": base + 435},
-        "services": {"metrics_base_port": base + 300},
-        "llm": {"backend": "gateway", "timeout_seconds": 10.0},
-        "policies": {"delay_scale": 0.1},
-    }
+def settings_for_tests(**overrides: Any) -> QactlSettings:
+    """``pipeline_settings`` of ``tests.stack.test_settings``, without starting anything.
+
+    ``overrides`` are merged into the nested sections (``kafka={"port": ...}`` keeps the rest).
+    """
+    from tests.stack import test_settings
+
+    settings = pipeline_settings(test_settings())
+    if not overrides:
+        return settings
+    values = settings.model_dump()
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}
         else:
             values[key] = value
-    return load_settings(**values)
-
-
-def ensure_kafka_and_redis(settings: QactlSettings) -> QactlSettings:
-    """Kafka and Redis through the same runtime code as `qactl up` (idempotent)."""
-    from qactl.runtime import kafka, redis
-    from qactl.runtime.stack import Stack
-
-    Stack(settings, components=[*kafka.components(settings), *redis.components(settings)]).up()
-    return settings
+    return type(settings).model_validate(values)
 
 
 # --- services as processes, declared as `qactl up` declares them ---

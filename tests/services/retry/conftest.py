@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from services.common.settings import QactlSettings
-from tests.services.pipeline import ensure_kafka_and_redis, settings_for_tests
+from tests.services.pipeline import pipeline_settings
 
 
 @pytest.fixture(scope="session")
-def stack_settings() -> QactlSettings:
-    return ensure_kafka_and_redis(settings_for_tests())
+def stack_settings(infra_stack: QactlSettings) -> QactlSettings:
+    return pipeline_settings(infra_stack)

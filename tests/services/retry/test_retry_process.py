@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from qactl.runtime.supervisor import port_is_free
 from services.common import topics
 from services.common.schemas import ErrorInfo, ErrorKind, LLMError
 from services.common.settings import QactlSettings
@@ -31,7 +32,11 @@ def test_kill_9_of_retry_overload_while_a_retry_waits_loses_nothing(stack_settin
             produce_models(settings, topics.LLM_OVERLOAD.name, [failed])
             watch.wait_for(lambda seen: watch.of(question.question_id, delay_topic), 30, "the waiting retry")
             os.kill(supervisor.state(specs[0].name).pid, signal.SIGKILL)  # type: ignore[arg-type]
-            wait_until(lambda: not supervisor.is_running(specs[0].name), 10, "the process to die")
+            # A killed process is a zombie a moment before its last thread lets go of its port.
+            port = specs[0].ports[0].number
+            wait_until(
+                lambda: not supervisor.is_running(specs[0].name) and port_is_free(port), 10, "the process to die"
+            )
         (waiting,) = watch.of(question.question_id, delay_topic)
         assert not watch.of(question.question_id, topics.QUESTIONS_PENDING.name)
         # Restarted: the retry is still there and goes out when due, not before.
