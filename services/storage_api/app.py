@@ -102,10 +102,14 @@ class StorageApi:
             )
         if not lookup.claimed:
             return await self._coalesce(question_id)
+        # Registered before any await: an identical request coalescing from now on waits for
+        # this produce's outcome instead of answering 202 for a question Kafka might refuse.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[question_id] = done
         if lookup.rearmed:
             # A new run of a question that failed (or was lost) before: its old live status goes.
             await self.redis.forget_status(question_id)
-        return await self._produce(question_id, request, now)
+        return await self._produce(question_id, request, now, done)
 
     async def _coalesce(self, question_id: str) -> tuple[str, Reply]:
         """The question is already accepted: answer with its id once its produce is confirmed."""
@@ -117,9 +121,9 @@ class StorageApi:
                 return "unavailable", unavailable(f"{exc}; the question was not accepted, retry later")
         return "coalesced", accepted(question_id, coalesced=True)
 
-    async def _produce(self, question_id: str, request: QueryRequest, now: datetime) -> tuple[str, Reply]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[question_id] = done
+    async def _produce(
+        self, question_id: str, request: QueryRequest, now: datetime, done: asyncio.Future[None]
+    ) -> tuple[str, Reply]:
         hop = Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name, at=now)
         message = QuestionMessage(
             question_id=question_id,
