@@ -137,3 +137,11 @@ def test_reference_falls_back_to_the_knowledge_base_by_question_id() -> None:
 
 def test_unknown_question_without_reference_has_none() -> None:
     assert scoring_reference(answer(reference=None), {}) is None
+
+
+def test_default_knowledge_base_supplies_references_for_its_questions() -> None:
+    from services.common.knowledge_base import default_knowledge_base
+
+    entry = default_knowledge_base().entries[0]
+    message = QuestionMessage(question_id=question_id_for(entry.question), question=entry.question)
+    assert scoring_reference(message) == entry.reference_answer
