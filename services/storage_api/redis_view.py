@@ -49,7 +49,9 @@ return #KEYS / 2
 
 
 class RedisView:
-    def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 16) -> None:
+    # The timeout is generous: a Redis merely slow under a loaded machine should not open the
+    # circuit; a stopped one refuses at once anyway.
+    def __init__(self, url: str, timeout: float = 1.0, max_connections: int = 16) -> None:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
             max_connections=max_connections,
