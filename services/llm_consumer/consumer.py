@@ -244,7 +244,6 @@ class LLMConsumer:
             on_lost=self._on_lost,
         )
         producer = make_producer(self.settings, f"llm-consumer-{self.replica}")
-        self._producer = producer
         try:
             while not self.stop.is_set() and self.failure is None:
                 self.heartbeat = time.monotonic()

@@ -201,3 +201,51 @@ def test_a_503_burst_is_retried_with_backoff_until_success(stack_settings: Qactl
     ]  # fmt: skip
     assert gateway.stats()["by_outcome"].get("503", 0) >= 2
     assert answer.message.submitted_at < answer.message.timestamps["scoring"] - timedelta(seconds=0.3)
+
+
+@pytest.mark.parametrize("fault", ["402", "insufficient_quota"])
+def test_a_quota_error_is_retried_after_the_fixed_delay_until_success(
+    stack_settings: QactlSettings, gateway: Gateway, fault: str
+) -> None:
+    """quota_delay_seconds 60 x delay_scale 0.02 = 1.2 s here."""
+    settings = stack_settings.model_copy(
+        update={"policies": stack_settings.policies.model_copy(update={"delay_scale": 0.02})}
+    )
+    question = unique_question(f"quota-{fault}")
+    gateway.fault(kind=fault, count=1, match=question.question)
+
+    def retry_quota(stop: threading.Event) -> None:
+        RetryService(settings, RetryKind.quota, stop, status=StatusTracker(settings)).run()
+
+    with watching(settings, *OUTCOMES, PENDING) as watch:
+        with gateway_consumer(settings), running(retry_quota, "retry-quota"):
+            produce_models(settings, PENDING, [question])
+            watch.wait_for(lambda seen: watch.of(question.question_id, SUCCESS), 60, "the answer after the quota retry")
+    (error,) = watch.of(question.question_id, QUOTA)
+    assert not watch.of(question.question_id, OVERLOAD)  # a billing error never spins in the overload loop
+    requeued = watch.of(question.question_id, PENDING)[1]
+    assert requeued.timestamp_ms - error.timestamp_ms >= 1200 - 5
+    (answer,) = watch.of(question.question_id, SUCCESS)
+    assert answer.message.retries.quota == 1 and answer.message.retries.overload == 0
+
+
+def test_overload_retries_used_up_end_in_the_dead_letter(stack_settings: QactlSettings, gateway: Gateway) -> None:
+    settings = stack_settings
+    question = unique_question("always-503")
+    gateway.fault(kind="503", count=4, match=question.question)  # the first call and all 3 retries fail
+
+    def retry_overload(stop: threading.Event) -> None:
+        RetryService(settings, RetryKind.overload, stop, status=StatusTracker(settings)).run()
+
+    with watching(settings, *OUTCOMES) as watch:
+        with gateway_consumer(settings), running(retry_overload, "retry-overload"):
+            produce_models(settings, PENDING, [question])
+            watch.wait_for(lambda seen: watch.of(question.question_id, DEAD), 60, "the dead letter")
+            watch.settle(0.5)
+    assert len(watch.of(question.question_id, OVERLOAD)) == 4
+    assert not watch.of(question.question_id, SUCCESS)
+    (letter,) = watch.of(question.question_id, DEAD)
+    assert letter.message.reason == "overload retries exhausted (3)"
+    assert letter.message.error.kind is ErrorKind.exhausted and letter.message.error.status_code == 503
+    assert letter.message.message.retries.overload == 3
+    assert StatusTracker(settings).current(question.question_id) is Stage.failed
