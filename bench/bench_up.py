@@ -14,6 +14,7 @@ Runs through the same `Stack` as `qactl up`; ports are ``port_base + offset`` as
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -70,6 +71,33 @@ def group_rss_kib(pgid: int) -> int:
     return total
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of a process group so far, including children it waited for (Flink's script JVMs)."""
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def per_process(stack: Stack, settings: QactlSettings, measure) -> dict[str, float]:
+    supervisor = Supervisor(settings)
+    found = {}
+    for component in stack.components:
+        for spec in component.processes():
+            pid = supervisor.state(spec.name).pid
+            if pid is not None:
+                found[spec.name] = measure(pid)
+    return found
+
+
 def idle_rss(stack: Stack, settings: QactlSettings) -> dict[str, int]:
     supervisor = Supervisor(settings)
     found = {}
@@ -108,10 +136,13 @@ def main() -> None:
         down_seconds = time.monotonic() - start
         warm, warm_ready = timed_up(stack)
         warm_times.append(warm)
+        cpu = per_process(stack, settings, group_cpu_seconds)
         print(
             f"warm up #{run}: {warm:6.1f} s to all-healthy (down took {down_seconds:.1f} s)   "
             + "  ".join(f"{k} {v:.1f}" for k, v in warm_ready.items())
         )
+        print("  CPU seconds spent starting: " + "  ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+              + f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
     time.sleep(args.idle_seconds)
     rss = idle_rss(stack, settings)

@@ -24,7 +24,7 @@ from qactl.runtime.stack import Stack
 from qactl.runtime.supervisor import Supervisor, port_is_listening
 from services.common.settings import QactlSettings
 from services.common.topics import CONTRACT_TOPICS, Topic, all_topics
-from tests.stack import INFRA
+from tests.stack import INFRA, test_settings
 
 pytestmark = pytest.mark.stack
 
@@ -245,6 +245,25 @@ def test_status_reports_every_component_healthy(infra_stack: QactlSettings) -> N
     assert "task manager" in statuses["flink"].health.detail
     assert "migrations" in statuses["postgres"].health.detail
     assert "PONG" in statuses["redis"].health.detail
+
+
+def test_external_endpoints_are_checked_and_used_but_not_started(infra_stack: QactlSettings, tmp_path: Path) -> None:
+    # A second qactl pointed at the session's stack as if it were a remote cluster.
+    external = test_settings(
+        state_dir=tmp_path / "external",
+        kafka={"bootstrap_servers": infra_stack.kafka.bootstrap},
+        flink={"rest_url": infra_stack.flink.rest},
+        postgres={"dsn": infra_stack.postgres.url},
+        redis={"url": infra_stack.redis.connection_url},
+    )
+    stack = Stack(external, only=INFRA)
+    assert all(c.external and not list(c.processes()) for c in stack.components)
+    result = stack.up()
+    assert not result.changed and sorted(result.unchanged) == sorted(INFRA)
+    assert result.endpoints["kafka"] == infra_stack.kafka.bootstrap
+    assert all(s.ok for s in stack.status())
+    assert not (tmp_path / "external" / "run").exists()  # nothing was started
+    assert stack.down() == []
 
 
 @pytest.mark.parametrize(("component", "process"), [("redis", "redis"), ("flink", flink.TASKMANAGER)])

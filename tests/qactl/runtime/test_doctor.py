@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -80,3 +81,26 @@ def test_disk_and_pyflink_are_checked(isolated_env: Path) -> None:
     checks = by_name(doctor.run_checks(load_settings(state_dir=isolated_env)))
     assert checks["disk"].ok and "GiB free" in checks["disk"].detail
     assert checks["pyflink"].ok and "flink-python" in checks["pyflink"].detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL changes user only when qactl runs as root")
+def test_a_state_dir_the_postgres_user_cannot_reach_is_a_clear_error() -> None:
+    import shutil
+    import tempfile
+
+    from qactl.errors import ConfigError
+    from qactl.runtime import postgres
+
+    # Not under tmp_path: pytest's own base dir is already mode 700.
+    private = Path(tempfile.mkdtemp(prefix="qactl-private-", dir="/tmp"))
+    try:
+        (private / "state").mkdir()
+        private.chmod(0o700)
+        with pytest.raises(ConfigError, match=r"cannot reach .*qactl-private-\w+ is mode 700.*QACTL_STATE_DIR"):
+            postgres.check_reachable(private / "state", "postgres")
+        check = {c.name: c for c in doctor.run_checks(load_settings(state_dir=private / "state"))}["postgresql"]
+        assert not check.ok and "QACTL_STATE_DIR" in check.fix
+        private.chmod(0o755)
+        postgres.check_reachable(private / "state", "postgres")
+    finally:
+        shutil.rmtree(private)
