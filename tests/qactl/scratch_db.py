@@ -1,7 +1,7 @@
 """A migrated scratch database on the session's real PostgreSQL, for tests that own their rows.
 
-PostgreSQL is started through the same runtime code as `qactl up` (on the test port range of
-tests/stack.py); each module gets its own database, created, migrated with
+PostgreSQL is the session stack's (tests/stack.py, started by the same code as `qactl up`);
+each module gets its own database, created, migrated with
 ``services.common.db.migrate`` and dropped at the end, so counts and percentiles are exactly
 what the test inserted, whatever other tests write in the shared database.
 """
@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
-from psycopg2.extensions import make_dsn, parse_dsn
 from pydantic import SecretStr
 
 from qactl.client import pg
@@ -22,24 +21,17 @@ from services.common import db
 from services.common.settings import QactlSettings
 
 
-def ensure_postgres(settings: QactlSettings) -> None:
-    from qactl.runtime import postgres
-    from qactl.runtime.stack import Stack
-
-    Stack(settings, components=list(postgres.components(settings))).up()
-
-
 @contextmanager
 def scratch_database(settings: QactlSettings, label: str) -> Iterator[QactlSettings]:
     """Settings whose ``postgres.url`` is a fresh, migrated database; dropped afterwards."""
-    ensure_postgres(settings)
     name = f"qactl_{label}_{uuid.uuid4().hex[:8]}"
     admin = pg.connect(settings.postgres.url, dbname="postgres")
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name}")
-        dsn = make_dsn(**{**parse_dsn(settings.postgres.url), "dbname": name})
+        # A URL, not libpq's key=value form: the storage API's asyncpg only takes URLs.
+        dsn = settings.postgres.url.rsplit("/", 1)[0] + f"/{name}"
         db.migrate(dsn)
         yield settings.model_copy(
             update={"postgres": settings.postgres.model_copy(update={"dsn": SecretStr(dsn)})}

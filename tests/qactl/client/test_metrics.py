@@ -13,20 +13,19 @@ from qactl.traffic.runner import RunResult, Sample
 from qactl.traffic.store import record_run
 from services.common.settings import QactlSettings
 from tests.qactl.scratch_db import execute, scratch_database
-from tests.stack import test_settings
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def empty() -> Iterator[QactlSettings]:
-    with scratch_database(test_settings(), "metrics_empty") as settings:
+def empty(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
+    with scratch_database(infra_stack, "metrics_empty") as settings:
         yield settings
 
 
 @pytest.fixture(scope="module")
-def filled() -> Iterator[QactlSettings]:
-    with scratch_database(test_settings(), "metrics") as settings:
+def filled(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
+    with scratch_database(infra_stack, "metrics") as settings:
         insert_pipeline_rows(settings)
         yield settings
 

@@ -21,7 +21,6 @@ from qactl.errors import QactlError
 from services.common.schemas import question_id_for
 from services.common.settings import QactlSettings
 from tests.qactl.scratch_db import execute, scratch_database
-from tests.stack import test_settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -142,8 +141,8 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[QactlSettings]:
-    with scratch_database(test_settings(), "import") as settings:
+def database(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
+    with scratch_database(infra_stack, "import") as settings:
         yield settings
 
 

@@ -1,0 +1,44 @@
+"""Point the CLI (its environment-read settings) at the test stack's services."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from services.common.settings import QactlSettings, get_settings
+
+
+def use_settings(monkeypatch: pytest.MonkeyPatch, settings: QactlSettings) -> None:
+    """The CLI process reads env: export the parts of ``settings`` the commands use."""
+    monkeypatch.setenv("QACTL_API__PORT", str(settings.api.port))
+    monkeypatch.setenv("QACTL_GATEWAY__PORT", str(settings.gateway.port))
+    monkeypatch.setenv("QACTL_KAFKA__PORT", str(settings.kafka.port))
+    monkeypatch.setenv("QACTL_REDIS__PORT", str(settings.redis.port))
+    monkeypatch.setenv("QACTL_POSTGRES__PORT", str(settings.postgres.port))
+    monkeypatch.setenv("QACTL_SERVICES__METRICS_BASE_PORT", str(settings.services.metrics_base_port))
+    monkeypatch.setenv("QACTL_LLM__BACKEND", settings.llm.backend)
+    monkeypatch.setenv("QACTL_LLM__TIMEOUT_SECONDS", str(settings.llm.timeout_seconds))
+    if settings.postgres.dsn is not None:
+        monkeypatch.setenv("QACTL_POSTGRES__DSN", settings.postgres.dsn.get_secret_value())
+    get_settings.cache_clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nothing_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service the commands talk to on a port where nothing answers."""
+    for key in ("API", "GATEWAY", "POSTGRES", "REDIS", "KAFKA"):
+        monkeypatch.setenv(f"QACTL_{key}__PORT", str(free_port()))
+    monkeypatch.setenv("QACTL_SERVICES__METRICS_BASE_PORT", str(free_port()))
+    monkeypatch.setenv("QACTL_LLM__BACKEND", "gateway")
+    get_settings.cache_clear()
+
+
+def flat(output: str) -> str:
+    """Rich wraps long lines at the terminal width; compare text with single spaces."""
+    return " ".join(output.split())
