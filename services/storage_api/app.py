@@ -79,7 +79,7 @@ class StorageApi:
 
         started = time.perf_counter()
         cached = await self.redis.cached_answer(question_id)
-        self.metrics.step_latency.labels("cache").observe(time.perf_counter() - started)
+        self.metrics.cache_step.observe(time.perf_counter() - started)
         if cached is not None:
             return "cache_hit", hit(cached, "cache")
 
@@ -90,7 +90,7 @@ class StorageApi:
             lookup = await self.store.lookup_or_claim(
                 question_id, request.question, request.reference_answer, now, claim=claim
             )
-            self.metrics.step_latency.labels("database").observe(time.perf_counter() - started)
+            self.metrics.database_step.observe(time.perf_counter() - started)
         except DatabaseUnavailable as exc:
             return "unavailable", unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
         if lookup.hit is not None:
@@ -145,7 +145,7 @@ class StorageApi:
             return "unavailable", unavailable(f"{exc}; the question was not accepted, retry later")
         finally:
             self._inflight.pop(question_id, None)
-        self.metrics.step_latency.labels("kafka").observe(time.perf_counter() - started)
+        self.metrics.kafka_step.observe(time.perf_counter() - started)
         done.set_result(None)
         self.store.mark_produced(question_id)
         return "accepted", accepted(question_id, coalesced=False)

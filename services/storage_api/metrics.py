@@ -43,6 +43,17 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        # Labelled children looked up once: a label lookup costs as much as the observation.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self.cache_step, self.database_step, self.kafka_step = (
+            self.step_latency.labels(step) for step in ("cache", "database", "kafka")
+        )
+
     def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(endpoint, outcome).inc()
-        self.latency.labels(endpoint, outcome).observe(seconds)
+        children = self._children.get((endpoint, outcome))
+        if children is None:
+            children = self._children[(endpoint, outcome)] = (
+                self.requests.labels(endpoint, outcome), self.latency.labels(endpoint, outcome),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
