@@ -306,15 +306,19 @@ class DashboardSource:
         }
 
     @classmethod
-    def for_stack(cls, settings: QactlSettings) -> "DashboardSource":
-        """The source wired to the real backends of the stack described by ``settings``."""
+    def for_stack(cls, settings: QactlSettings, probe_timeout: float = 2.0) -> "DashboardSource":
+        """The source wired to the real backends of the stack described by ``settings``.
+
+        ``probe_timeout`` bounds each backend request: a backend slower than that shows as
+        unreachable for one poll rather than holding the refresh.
+        """
         from qactl.client import dashboard_backends as backends
 
         return cls(
             settings,
-            kafka=backends.kafka_probe(settings),
-            flink=backends.flink_probe(settings),
-            quality=backends.quality_probe(settings),
+            kafka=backends.KafkaAdminProbe(settings, probe_timeout),
+            flink=backends.FlinkRestProbe(settings, probe_timeout),
+            quality=backends.PostgresQualityProbe(settings, probe_timeout),
             live=backends.live_probe(settings),
             health=backends.health_probe(settings),
         )

@@ -491,15 +491,3 @@ class PostgresQualityProbe:
             except Exception:
                 pass
         self._conn = None
-
-
-def kafka_probe(settings: QactlSettings) -> KafkaAdminProbe:
-    return KafkaAdminProbe(settings)
-
-
-def flink_probe(settings: QactlSettings) -> FlinkRestProbe:
-    return FlinkRestProbe(settings)
-
-
-def quality_probe(settings: QactlSettings) -> PostgresQualityProbe:
-    return PostgresQualityProbe(settings)

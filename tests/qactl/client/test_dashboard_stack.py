@@ -19,6 +19,9 @@ from services.common.status import StatusTracker
 
 pytestmark = pytest.mark.stack
 
+# Generous: these tests share a loaded two-core machine; the dashboard itself uses 2 s.
+TIMEOUT = 15.0
+
 
 def produce(settings, topic: str, n: int) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
@@ -28,7 +31,7 @@ def produce(settings, topic: str, n: int) -> None:
 
 
 def test_end_offsets_and_group_lag(infra_settings):
-    probe = KafkaAdminProbe(infra_settings)
+    probe = KafkaAdminProbe(infra_settings, TIMEOUT)
     names = [t.name for t in topics.all_topics(infra_settings.policies)]
     before = probe.end_offsets(names)
     assert set(before) == set(names)
@@ -64,7 +67,7 @@ def test_score_bins_in_sql_match_the_python_bins(infra_settings, clean_tables):
         for i, score in enumerate(scores):
             cur.execute("INSERT INTO score_history (question_id, attempt, score) VALUES (%s, 0, %s)", (f"q-{i}", score))
     edges = score_edges(0.75)
-    from_sql = PostgresQualityProbe(infra_settings).score_histogram(edges, 0.75)
+    from_sql = PostgresQualityProbe(infra_settings, TIMEOUT).score_histogram(edges, 0.75)
     assert from_sql == histogram(scores, edges, 0.75)
     assert from_sql.above == sum(1 for s in scores if s > 0.75)
 
@@ -90,7 +93,7 @@ def test_regeneration_outcomes_and_question_text(infra_settings, clean_tables):
             cur.execute("INSERT INTO score_history (question_id, attempt, score) VALUES (%s, %s, %s)",
                         (qid, attempt, score))
         cur.execute("INSERT INTO questions (question_id, question) VALUES ('q-live', 'What is Kafka?')")
-    probe = PostgresQualityProbe(infra_settings)
+    probe = PostgresQualityProbe(infra_settings, TIMEOUT)
     outcomes = probe.regeneration_outcomes()
     assert dict(outcomes.validated_by_attempt) == {0: 2, 2: 1}
     assert (outcomes.low_quality, outcomes.failed) == (1, 2)
@@ -104,7 +107,7 @@ def test_a_full_snapshot_of_the_real_stack(infra_settings, clean_tables):
     qid = f"q-dash-{uuid.uuid4().hex[:8]}"
     with clean_tables.cursor() as cur:
         cur.execute("INSERT INTO questions (question_id, question) VALUES (%s, 'What does Flink do?')", (qid,))
-    source = DashboardSource.for_stack(infra_settings)
+    source = DashboardSource.for_stack(infra_settings, TIMEOUT)
     try:
         source.snapshot()
         tracker.record(qid, Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name))
@@ -145,7 +148,7 @@ def test_stored_hops_for_a_journey_whose_redis_status_expired(infra_settings, cl
             "INSERT INTO failed_questions (question_id, reason, error_kind, hops) VALUES ('q-gone', 'x', 'exhausted', %s)",
             (json.dumps([h.model_dump(mode="json") for h in hops]),),
         )
-    source = DashboardSource.for_stack(infra_settings)
+    source = DashboardSource.for_stack(infra_settings, TIMEOUT)
     try:
         journey = source.journey("q-gone")
     finally:
