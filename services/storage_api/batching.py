@@ -53,6 +53,7 @@ class MicroBatcher(Generic[T, R]):
         task = loop.create_task(self._run_batch(batch, loop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._kick(loop)  # what did not fit in this batch may go in another one now
 
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]], loop: asyncio.AbstractEventLoop) -> None:
         try:
