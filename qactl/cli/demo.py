@@ -69,16 +69,12 @@ def demo(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of narrating.")] = False,
-    keep: Annotated[
-        bool,
-        typer.Option("--keep", help="Do not forget the case's earlier runs first (a repeated question is then answered from the store)."),
-    ] = False,
 ) -> None:
     """Run demo cases against the running stack, narrating each hop until the terminal state.
 
     Each case injects its faults through the LLM gateway, asks its question through the storage API, follows /status and compares the path taken with the expected one. Exit 0 only if every expected path happened, 2 if one did not, 1 if the stack is not up.
     """
-    results = run_cases(settings(), list(cases), listener=(lambda _e: None) if as_json else narrate, forget=not keep)
+    results = run_cases(settings(), list(cases), listener=(lambda _e: None) if as_json else narrate)
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results], default=str))
     elif len(results) > 1:

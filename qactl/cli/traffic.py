@@ -102,8 +102,8 @@ def traffic(
         bool, typer.Option("--no-pipeline", help="Skip the pipeline run (with --sync-baseline: only the baseline).")
     ] = False,
     unique: Annotated[
-        bool, typer.Option("--unique", help="Tag every question with this run's id, so none is answered from the store. "
-                           "The built-in gateway does not recognise tagged questions: it answers them generically.")
+        bool, typer.Option("--unique", help="Tag every question with this run's id, so none is answered from the store "
+                           "(the built-in gateway answers a tagged question as the known question it starts with).")
     ] = False,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Store the run for `qactl metrics`.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,

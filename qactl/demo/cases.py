@@ -153,9 +153,13 @@ class Case(_Strict):
     title: str
     summary: str = ""
     delays: DelayProfile = DelayProfile()
-    fresh: bool = Field(
+    unique: bool = Field(
         default=True,
-        description="Forget the questions' earlier runs first (stored answer, cache, status) so the path runs again.",
+        description=(
+            "Tag the questions with this run's id (\"What is Redis? (demo normal 1a2b3c)\") so the whole "
+            "path runs again instead of an earlier answer coming from the store; asks of one run share it. "
+            "The built-in gateway answers a question that starts with a known one as that one."
+        ),
     )
     asks: list[Ask] = Field(min_length=1)
 

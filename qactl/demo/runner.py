@@ -7,6 +7,7 @@ whether the expected path happened, check by check.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -117,12 +118,10 @@ class DemoRunner:
         settings: QactlSettings,
         listener: Listener = _ignore,
         poll_interval: float = 0.25,
-        forget: bool = True,
     ) -> None:
         self.settings = settings
         self.emit = listener
         self.poll_interval = poll_interval
-        self.forget = forget
         self._running: stack_access.RunningPolicies | None = None
 
     # --- preflight ------------------------------------------------------------------------
@@ -150,22 +149,13 @@ class DemoRunner:
         if case.summary:
             self.emit(DemoEvent("info", case.name, case.summary))
         self._announce_delays(case, policies, running.source, result)
-        if case.fresh and self.forget:
-            report = stack_access.forget(self.settings, [question_id_for(q) for q in case.questions])
-            if report.anything:
-                removed = ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
-                self.emit(
-                    DemoEvent(
-                        "info",
-                        case.name,
-                        f"forgot the earlier runs of this case's question(s) so the whole path runs again "
-                        f"({removed or 'no rows'}; {report.redis_keys} Redis keys)",
-                    )
-                )
+        tag = f"demo {case.name} {secrets.token_hex(3)}" if case.unique else None
+        if tag is not None:
+            self.emit(DemoEvent("info", case.name, f"questions tagged ({tag}) so the whole path runs, not an earlier answer"))
         for index, ask in enumerate(case.asks, start=1):
             if len(case.asks) > 1:
                 self.emit(DemoEvent("info", case.name, f"ask {index} of {len(case.asks)}"))
-            result.asks.append(self._run_ask(case, ask, policies, result))
+            result.asks.append(self._run_ask(case, ask, asked_as(ask.question, tag), policies, result))
         result.seconds = time.monotonic() - started
         verdict = "the expected path happened" if result.ok else "the expected path did NOT happen"
         self.emit(DemoEvent("result", case.name, f"{case.name}: {verdict} ({result.seconds:.1f} s)", ok=result.ok))
@@ -196,18 +186,18 @@ class DemoRunner:
 
     # --- one ask --------------------------------------------------------------------------
 
-    def _run_ask(self, case: Case, ask: Ask, policies: Policies, case_result: CaseResult) -> AskResult:
-        question_id = question_id_for(ask.question)
-        result = AskResult(question=ask.question, question_id=question_id)
+    def _run_ask(self, case: Case, ask: Ask, question: str, policies: Policies, case_result: CaseResult) -> AskResult:
+        question_id = question_id_for(question)
+        result = AskResult(question=question, question_id=question_id)
         result.expected_path = [s.label for s in ask.expect.path]
         started = time.monotonic()
         gateway = GatewayClient.from_settings(self.settings) if self._gateway_wanted(ask) else None
         try:
-            calls_before = self._calls(gateway, ask.question)
+            calls_before = self._calls(gateway, question)
             offsets_before = stack_access.pending_end_offsets(self.settings) if ask.expect.kafka_traffic else None
-            injected = self._inject(case, ask, gateway)
+            injected = self._inject(case, ask, question, gateway)
             with StorageApiClient(self.settings.api.base_url) as api:
-                submission = api.submit(ask.question, ask.reference)
+                submission = api.submit(question, ask.reference)
                 self._on_submission(case, ask, submission, result)
                 final: QuestionStatus | None = None
                 if not submission.answered:
@@ -221,7 +211,7 @@ class DemoRunner:
                 result.score = final.score
                 result.reason = final.reason
                 result.hops = [h.model_dump(mode="json", exclude_none=True) for h in final.hops]
-            self._check(case, ask, submission, final, policies, result, gateway, calls_before, offsets_before)
+            self._check(case, ask, question, submission, final, policies, result, gateway, calls_before, offsets_before)
             self._cleanup(case, gateway, injected, case_result)
         finally:
             if gateway is not None:
@@ -242,10 +232,10 @@ class DemoRunner:
             return None
         return sum(stats.by_question.get(normalize_question(question), {}).values())
 
-    def _inject(self, case: Case, ask: Ask, gateway: GatewayClient | None) -> list[int]:
+    def _inject(self, case: Case, ask: Ask, question: str, gateway: GatewayClient | None) -> list[int]:
         if gateway is None or not ask.faults:
             return []
-        target = normalize_question(ask.question)
+        target = normalize_question(question)
         leftovers = [
             r for r in gateway.list_faults() if r.match is None or normalize_question(r.match) in target
         ]
@@ -256,7 +246,7 @@ class DemoRunner:
             )
         ids = []
         for fault in ask.faults:
-            rule = gateway.add_rule(FaultRule(**fault.rule(ask.question)))
+            rule = gateway.add_rule(FaultRule(**fault.rule(question)))
             ids.append(rule.id)
             self.emit(DemoEvent("faults", case.name, f"gateway: {describe_rule(rule)}"))
         return ids
@@ -350,6 +340,7 @@ class DemoRunner:
         self,
         case: Case,
         ask: Ask,
+        question: str,
         submission: Submission,
         final: QuestionStatus | None,
         policies: Policies,
@@ -389,7 +380,7 @@ class DemoRunner:
                       f"reason {reason!r}, expected it to mention {expect.reason_contains!r}")
             )
         if expect.llm_calls is not None:
-            calls_after = self._calls(gateway, ask.question)
+            calls_after = self._calls(gateway, question)
             if calls_before is None or calls_after is None:
                 checks.append(Check("llm_calls", True, "not checked: the built-in gateway is not answering"))
             else:
@@ -409,11 +400,14 @@ class DemoRunner:
             self.emit(DemoEvent("check", case.name, f"{check.name}: {check.detail}", ok=check.ok))
 
 
-def run_cases(
-    settings: QactlSettings, names: list[str], listener: Listener = _ignore, forget: bool = True
-) -> list[CaseResult]:
+def asked_as(question: str, tag: str | None) -> str:
+    """The question as this run asks it: with the run's tag, when the case wants unique questions."""
+    return f"{question} ({tag})" if tag else question
+
+
+def run_cases(settings: QactlSettings, names: list[str], listener: Listener = _ignore) -> list[CaseResult]:
     cases = load_cases(names)
-    runner = DemoRunner(settings, listener, forget=forget)
+    runner = DemoRunner(settings, listener)
     runner.preflight(cases)
     return [runner.run_case(case) for case in cases]
 

@@ -105,7 +105,7 @@ def take(questions: list[TrafficQuestion], count: int | None) -> list[TrafficQue
 
 def tagged(questions: list[TrafficQuestion], tag: str) -> list[TrafficQuestion]:
     """Make every question unique to this run, so none is answered from the store."""
-    return [TrafficQuestion(f"{q.question} [{tag}-{i}]", q.reference_answer) for i, q in enumerate(questions, start=1)]
+    return [TrafficQuestion(f"{q.question} ({tag}-{i})", q.reference_answer) for i, q in enumerate(questions, start=1)]
 
 
 def digest(questions: list[TrafficQuestion]) -> str:

@@ -24,7 +24,7 @@ runner = CliRunner()
 def test_the_arguments() -> None:
     result = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for word in ("normal", "overload", "quota", "regeneration", "cache-hit", "all", "--json", "--keep"):
+    for word in ("normal", "overload", "quota", "regeneration", "cache-hit", "all", "--json"):
         assert word in result.output
     assert runner.invoke(app, ["demo"]).exit_code == 2  # a case is required
 
@@ -70,7 +70,7 @@ def test_a_case_with_faults_needs_the_gateway(api_only: QactlSettings, monkeypat
 STORED_CASE = """
 name: stored
 title: "Stored: a question answered before comes back at once"
-fresh: false
+unique: false
 asks:
   - question: {question}
     reference_answer: Stored answers come from PostgreSQL or Redis.

@@ -31,7 +31,7 @@ def test_every_shipped_case_is_valid_and_uses_known_questions(name: str) -> None
 
 
 def test_each_case_uses_its_own_question() -> None:
-    """Cases run one after another (`all`): a shared question would turn into a cache hit."""
+    """Distinct questions keep each case's narration, statistics and fault rules its own."""
     owners: dict[str, str] = {}
     for case in load_cases(["all"]):
         for question in case.questions:

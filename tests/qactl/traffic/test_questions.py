@@ -61,7 +61,7 @@ def test_count_cycles_and_tags_make_questions_unique() -> None:
     base = [TrafficQuestion("A?"), TrafficQuestion("B?")]
     assert [q.question for q in take(base, 5)] == ["A?", "B?", "A?", "B?", "A?"]
     assert take(base, None) == base
-    assert [q.question for q in tagged(take(base, 3), "t1")] == ["A? [t1-1]", "B? [t1-2]", "A? [t1-3]"]
+    assert [q.question for q in tagged(take(base, 3), "t1")] == ["A? (t1-1)", "B? (t1-2)", "A? (t1-3)"]
     assert digest(base) == digest(list(base)) != digest(base[::-1])
 
 
