@@ -18,6 +18,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -209,17 +210,39 @@ def link_libs(settings: QactlSettings) -> None:
         (lib / name).symlink_to(jar)
 
 
+def taskmanager_id_file(settings: QactlSettings) -> Path:
+    return base(settings) / "taskmanager-id"
+
+
+def taskmanager_id(settings: QactlSettings) -> str:
+    """Resource id of the task manager started last.
+
+    A new one for every start: after a crash the job manager still lists the dead task manager
+    until its heartbeat times out, and only the id tells the new registration from the old.
+    """
+    try:
+        return taskmanager_id_file(settings).read_text().strip()
+    except OSError:
+        return "qactl-taskmanager"
+
+
+def _new_taskmanager_id(settings: QactlSettings) -> None:
+    if not Supervisor(settings).is_running(TASKMANAGER):
+        taskmanager_id_file(settings).write_text(f"qactl-tm-{uuid.uuid4().hex[:8]}\n")
+
+
 def provision(settings: QactlSettings, report: Report) -> None:
     if shutil.which("java") is None:
         raise PrerequisiteError("Java 17+ is not installed: apt-get install -y openjdk-17-jre-headless")
     resolve_connector(settings, report)
     write_config(settings)
     link_libs(settings)
+    _new_taskmanager_id(settings)
 
 
-def _script(name: str) -> list[str]:
+def _script(name: str, *dynamic: str) -> list[str]:
     try:
-        return ["bash", str(flink_home() / "bin" / name), "start-foreground"]
+        return ["bash", str(flink_home() / "bin" / name), "start-foreground", *dynamic]
     except PrerequisiteError:
         return ["false"]  # `qactl status` and `down` must work without PyFlink; start would fail
 
@@ -241,8 +264,12 @@ def jobmanager_health(settings: QactlSettings) -> Health:
 
 
 def taskmanager_health(settings: QactlSettings) -> Health:
-    count = len(rest(settings).taskmanagers())
-    return Health(count >= 1, f"{count} task manager(s) registered")
+    """Our task manager (this start's resource id) is registered with the job manager."""
+    wanted = taskmanager_id(settings)
+    registered = [tm.id for tm in rest(settings).taskmanagers()]
+    if wanted in registered:
+        return Health(True, f"task manager {wanted} registered")
+    return Health(False, f"task manager {wanted} not registered yet ({len(registered)} registered)")
 
 
 def processes(settings: QactlSettings) -> list[ProcessSpec]:
@@ -258,15 +285,15 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
             ),
             env=env,
             cwd=base(settings),
-            start_timeout=120.0,
+            start_timeout=300.0,
             health=lambda: jobmanager_health(settings),
         ),
         ProcessSpec(
             name=TASKMANAGER,
-            argv=_script("taskmanager.sh"),
+            argv=_script("taskmanager.sh", "-D", f"taskmanager.resource-id={taskmanager_id(settings)}"),
             env=env,
             cwd=base(settings),
-            start_timeout=120.0,
+            start_timeout=300.0,
             health=lambda: taskmanager_health(settings),
         ),
     ]
@@ -293,6 +320,10 @@ def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Hea
         f"{overview.taskmanagers} task manager(s), {overview.slots_available}/{overview.slots_total} "
         f"slots free, {overview.jobs_running} job(s) running"
     )
+    if supervisor is not None:  # ours: the task manager we started must be the one registered
+        ours = taskmanager_health(settings)
+        if not ours.ok:
+            return Health(False, f"{detail}; {ours.detail}", data)
     return Health(overview.taskmanagers >= 1, detail, data)
 
 

@@ -86,19 +86,23 @@ def server_properties(settings: QactlSettings) -> str:
 
 LOG4J2 = """\
 # Everything to stdout: the qactl supervisor writes it to state_dir/logs/kafka.log.
+# WARN by default (INFO would log every partition load and group rebalance); start, stop and
+# the controller's topic changes stay at INFO.
 status = warn
 appender.stdout.type = Console
 appender.stdout.name = STDOUT
 appender.stdout.layout.type = PatternLayout
 appender.stdout.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
+rootLogger.level = WARN
 rootLogger.appenderRef.stdout.ref = STDOUT
-logger.state.name = state.change.logger
-logger.state.level = WARN
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.controller.name = org.apache.kafka.controller
-logger.controller.level = INFO
+logger.raftserver.name = kafka.server.KafkaRaftServer
+logger.raftserver.level = INFO
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = INFO
+logger.controllerserver.name = kafka.server.ControllerServer
+logger.controllerserver.level = INFO
+logger.replication.name = org.apache.kafka.controller.ReplicationControlManager
+logger.replication.level = INFO
 """
 
 
@@ -220,7 +224,7 @@ def process(settings: QactlSettings) -> ProcessSpec:
         ),
         cwd=home(settings),
         stop_timeout=30.0,
-        start_timeout=90.0,
+        start_timeout=180.0,
         health=lambda: broker_health(settings),
     )
 

@@ -114,6 +114,8 @@ class Stack:
                 continue
             events(comp.name, "provisioning", "checking what is installed")
             comp.provision(lambda detail, name=comp.name: events(name, "provisioning", detail))
+            # Listed again: provisioning may change how a process is run (a new id, a found binary).
+            to_start = [s for s in comp.processes() if not self.supervisor.is_running(s.name)]
             for spec in to_start:
                 events(comp.name, "starting", spec.name)
                 self.supervisor.start(spec)
@@ -148,6 +150,8 @@ class Stack:
         if not just_launched:
             events(comp.name, "provisioning", "checking what is installed")
             comp.provision(lambda detail: events(comp.name, "provisioning", detail))
+            specs = list(comp.processes())
+            to_start = [s for s in specs if not self.supervisor.is_running(s.name)]
         for spec in to_start:
             events(comp.name, "starting", spec.name)
             self.supervisor.start(spec)
