@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--rounds", type=int, default=10, help="questions per call slot")
+    parser.add_argument("--rounds", type=int, default=30, help="questions per call slot")
     parser.add_argument("--down", action="store_true", help="stop the bench stack afterwards")
     parser.add_argument(
         "--keyed", action="store_true", help="partition by question id (as the API does) instead of round-robin"

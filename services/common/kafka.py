@@ -52,6 +52,20 @@ def make_consumer(
     return consumer
 
 
+def consume_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages``, returning as soon as one is there (or after ``timeout``).
+
+    ``Consumer.consume(n, timeout)`` waits for all ``n`` messages or the whole timeout, which
+    adds up to ``timeout`` of latency to a lone message; this waits only for the first.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
+
+
 def produce(
     producer: Producer,
     topic: str,

@@ -31,7 +31,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
 from services.common import topics
-from services.common.kafka import dead_letter_for_poison, is_real_error, make_consumer, make_producer
+from services.common.kafka import (
+    consume_batch,
+    dead_letter_for_poison,
+    is_real_error,
+    make_consumer,
+    make_producer,
+)
 from services.common.schemas import (
     DeadLetter,
     ErrorInfo,
@@ -267,7 +273,7 @@ class LLMConsumer:
         self._flow_control(consumer)
         room = max(1, self.prefetch - len(self.buffer))
         timeout = 0.0 if self.buffer or self.paused else (0.01 if self.in_flight else 0.1)
-        for msg in consumer.consume(num_messages=room, timeout=timeout):
+        for msg in consume_batch(consumer, room, timeout):
             self._take(msg, producer)
         self._start_buffered()
         producer.poll(0)

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
+    consume_batch,
     dead_letter_for_poison,
     flush_or_raise,
     is_real_error,
@@ -163,7 +164,7 @@ class RetryService:
         try:
             while not self.stop.is_set():
                 self.heartbeats["error"] = time.monotonic()
-                batch = consumer.consume(num_messages=BATCH, timeout=0.5)
+                batch = consume_batch(consumer, BATCH, 0.5)
                 done: dict[tuple[str, int], int] = {}
                 for msg in batch:
                     if msg.error():
@@ -267,7 +268,7 @@ class RetryService:
             while not self.stop.is_set():
                 self.heartbeats["delay"] = time.monotonic()
                 self._resume_due(consumer)
-                batch = consumer.consume(num_messages=BATCH, timeout=self._poll_timeout())
+                batch = consume_batch(consumer, BATCH, self._poll_timeout())
                 done: dict[tuple[str, int], int] = {}
                 for msg in batch:
                     if msg.error():
