@@ -138,6 +138,9 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
         "jobmanager.rpc.port": f.rpc_port,
         "jobmanager.bind-host": f.host,
         "jobmanager.memory.process.size": f"{f.jobmanager_process_mb}m",
+        # The job manager only coordinates: the quick C1 compiler alone cuts its start CPU by
+        # about a quarter (measured 18-20 -> 14 CPU s) and its RSS; task managers keep C2.
+        "env.java.opts.jobmanager": "-XX:TieredStopAtLevel=1",
         "jobmanager.execution.failover-strategy": "region",
         "taskmanager.host": f.host,
         "taskmanager.bind-host": f.host,
