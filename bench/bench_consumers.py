@@ -13,7 +13,7 @@ observed (L plus the gateway's own overhead under load), and how busy the R*K ca
     python bench/bench_consumers.py                        # L=1000 ms, K=8, R=1 2 3
     python bench/bench_consumers.py --latency-ms 500 --concurrency 16 --replicas 3
 
-Runs on its own ports (QACTL_BENCH_PORT_BASE, default 24000) and state dir, starting Kafka and
+Runs on its own ports (QACTL_BENCH_PORT_BASE, default 24500) and state dir, starting Kafka and
 Redis through the runtime if they are not running there; ``--down`` stops them afterwards.
 
 Partitions: the backlog is spread round-robin over the 3 partitions of questions-pending, so
@@ -50,7 +50,7 @@ from services.llm_consumer.consumer import GROUP  # noqa: E402
 
 
 def bench_settings(latency_ms: float, concurrency: int, replicas: int) -> QactlSettings:
-    base = int(os.environ.get("QACTL_BENCH_PORT_BASE", "24000"))
+    base = int(os.environ.get("QACTL_BENCH_PORT_BASE", "24500"))
     return load_settings(
         state_dir=os.environ.get("QACTL_BENCH_STATE_DIR", f"/tmp/qactl-bench-consumers-{base}"),
         kafka={"port": base + 92, "controller_port": base + 93},
