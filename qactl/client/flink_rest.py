@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -37,10 +37,17 @@ class JobSummary:
     state: str
     start_time: int  # epoch ms
     duration_ms: int
+    tasks: dict[str, int] = field(default_factory=dict)  # task count by state
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def all_tasks_running(self) -> bool:
+        """A RUNNING job may still be deploying its tasks; this says they all process records."""
+        total = self.tasks.get("total", 0)
+        return total > 0 and self.tasks.get("running", 0) == total
 
 
 class FlinkRest:
@@ -76,7 +83,9 @@ class FlinkRest:
     def jobs(self) -> list[JobSummary]:
         raw = self._request("GET", "/jobs/overview")
         return [
-            JobSummary(j["jid"], j["name"], j["state"], j.get("start-time", 0), j.get("duration", 0))
+            JobSummary(
+                j["jid"], j["name"], j["state"], j.get("start-time", 0), j.get("duration", 0), j.get("tasks", {})
+            )
             for j in raw.get("jobs", [])
         ]
 

@@ -43,6 +43,9 @@ def health(settings: QactlSettings) -> Health:
     detail = f"{job.name} {job.state} (id {job.jid})"
     if len(jobs) > 1:
         return Health(False, f"{len(jobs)} instances of {job.name}: expected one", {"jobs": [j.jid for j in jobs]})
+    if job.state == "RUNNING" and not job.all_tasks_running:
+        running, total = job.tasks.get("running", 0), job.tasks.get("total", 0)
+        return Health(False, f"{detail}, {running}/{total} tasks running", {"jid": job.jid, "state": job.state})
     return Health(job.state == "RUNNING", detail, {"jid": job.jid, "state": job.state})
 
 
