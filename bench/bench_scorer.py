@@ -1,0 +1,113 @@
+"""Pairs/s of the score job's scorer against bert_score.BERTScorer on the same model and inputs.
+
+Inputs: every (answer, reference) pair of the knowledge base (paraphrases and degraded answers
+against their reference), shuffled, as the job would receive them. Measured in one run,
+interleaved round by round, best round kept (the box is shared: the load average is printed):
+
+- library, one call per pair:  BERTScorer.score([c], [r]) for each pair
+- library, batched:            BERTScorer.score(cands, refs), one call (its batch_size 64)
+- job scorer, as the job runs: Scorer.score on micro-batches of --micro-batch pairs, starting
+  with an empty reference cache (it fills as the stream goes)
+- job scorer, steady state:    the same stream again, references cached (regenerations of a
+  question, and repeated questions, reuse their reference)
+- job scorer, one call:        all pairs in one call, empty cache (batching alone)
+
+and the largest F1 difference against each library mode.
+
+    python bench/bench_scorer.py [--rounds 3] [--micro-batch 16] [--per-pair-rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections.abc import Callable
+
+from flink.calibrate import pair_sets
+from flink.scoring import Scorer, model_dir
+from services.common.knowledge_base import load_knowledge_base
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-pair-rounds", type=int, default=1, help="the slow mode, fewer rounds")
+    parser.add_argument("--micro-batch", type=int, default=16, help="the job's --batch-size")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    sets = pair_sets(load_knowledge_base())
+    pairs = sets.paraphrase + sets.degraded
+    random.Random(args.seed).shuffle(pairs)
+    cands, refs = [c for c, _ in pairs], [r for _, r in pairs]
+
+    load_started = time.perf_counter()
+    scorer = Scorer()
+    load_seconds = time.perf_counter() - load_started
+    from bert_score import BERTScorer
+
+    library = BERTScorer(model_type=str(model_dir()), num_layers=scorer.num_layers)
+
+    def job_stream() -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(pairs), args.micro_batch):
+            out += scorer.f1(cands[start : start + args.micro_batch], refs[start : start + args.micro_batch])
+        return out
+
+    def job_cold() -> None:
+        scorer.clear_cache()
+        job_stream()
+
+    def job_one_call() -> None:
+        scorer.clear_cache()
+        scorer.f1(cands, refs)
+
+    modes: dict[str, Callable[[], object]] = {
+        "library, one call per pair": lambda: [library.score([c], [r]) for c, r in pairs],
+        "library, batched": lambda: library.score(cands, refs),
+        f"job scorer, micro-batches of {args.micro_batch}, cold cache": job_cold,
+        f"job scorer, micro-batches of {args.micro_batch}, refs cached": job_stream,
+        "job scorer, one call, cold cache": job_one_call,
+    }
+    best: dict[str, tuple[float, float]] = {}
+    load_before = os.getloadavg()
+    for round_number in range(args.rounds):
+        for name, run in modes.items():
+            if name.startswith("library, one call") and round_number >= args.per_pair_rounds:
+                continue
+            wall, cpu = timed(run)
+            if name not in best or wall < best[name][0]:
+                best[name] = (wall, cpu)
+    load_after = os.getloadavg()
+
+    ours = job_stream()
+    lib_single = [library.score([c], [r])[2].item() for c, r in pairs]
+    lib_batched = library.score(cands, refs)[2].tolist()
+
+    print(f"{len(pairs)} pairs ({len(set(refs))} references), layer {scorer.num_layers}, "
+          f"torch threads {__import__('torch').get_num_threads()}, model load {load_seconds:.1f} s")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores; best of "
+          f"{args.rounds} rounds)")
+    reference = len(pairs) / best["library, batched"][0]
+    print(f"{'mode':<50} {'wall s':>8} {'cpu s':>8} {'pairs/s':>9} {'x batched':>10}")
+    for name, (wall, cpu) in best.items():
+        rate = len(pairs) / wall
+        print(f"{name:<50} {wall:>8.2f} {cpu:>8.2f} {rate:>9.1f} {rate / reference:>10.2f}")
+    print(f"max |F1 job - library one call per pair| = {max(abs(a - b) for a, b in zip(ours, lib_single)):.2e}")
+    diffs = [abs(a - b) for a, b in zip(ours, lib_batched)]
+    print(f"max |F1 job - library batched|           = {max(diffs):.2e} "
+          f"({sum(d > 1e-4 for d in diffs)} pairs above 1e-4: the library's padding artefact, see SCORING.md)")
+    print(f"reference cache: {scorer.cache_info()}")
+
+
+if __name__ == "__main__":
+    main()
