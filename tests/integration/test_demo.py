@@ -8,7 +8,6 @@ are checked against the policy actually in force.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -34,8 +33,7 @@ def pipeline(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
     names = [c.name for c in Stack(settings).components if c.name not in INFRA]
     Stack(settings, only=names).up()
     yield settings
-    if os.environ.get("QACTL_TEST_KEEP_STACK") != "1":
-        Stack(settings, only=names).down()
+    Stack(settings, only=names).down()
 
 
 @pytest.fixture
