@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Annotated, Optional
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from qactl.cli.common import console, settings
 from qactl.errors import QactlError
 from qactl.runtime.stack import ComponentStatus, Stack
+from services.common.settings import get_settings
 
 app = typer.Typer()
 
@@ -55,12 +57,32 @@ class _Progress:
         return table
 
 
+DEMO_DELAY_SCALE = 0.05
+
+
 @app.command()
-def up(only: OnlyOption = None) -> None:
+def up(
+    only: OnlyOption = None,
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="'demo' shortens every retry delay 20x (quota 60 s -> 3 s) so the demo cases "
+            "finish quickly; 'default' keeps the policies of the configuration.",
+        ),
+    ] = "default",
+) -> None:
     """Provision what is missing and start the stack, in order; waits for each to be healthy.
 
     Idempotent: a second `qactl up` starts nothing and says so.
     """
+    if profile not in ("default", "demo"):
+        raise typer.BadParameter("choose 'default' or 'demo'", param_hint="--profile")
+    if profile == "demo":
+        # The services inherit this process's environment, so they all run the demo profile.
+        os.environ["QACTL_POLICIES__DELAY_SCALE"] = str(DEMO_DELAY_SCALE)
+        get_settings.cache_clear()
+        console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
     stack = Stack(settings(), only=only)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
