@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qactl.client import kafka_admin
 from qactl.errors import PrerequisiteError, ProvisionError
-from qactl.runtime import maven
+from qactl.runtime import jvm, maven
 from qactl.runtime.component import Component, Report
 from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor, port_is_listening
 from services.common.settings import QactlSettings
@@ -128,10 +128,24 @@ def write_config(settings: QactlSettings) -> None:
     (base / "log4j2.properties").write_text(LOG4J2)
 
 
-def _java_argv(settings: QactlSettings, main_class: str, *args: str) -> list[str]:
+def _class_path(settings: QactlSettings) -> list[str]:
+    """What the broker's class-data archive depends on: the jars (named by their marker)."""
+    try:
+        marker = (libs_dir(settings) / maven.MARKER).read_text().strip()
+    except OSError:
+        marker = "unresolved"
+    return [str(libs_dir(settings)), marker]
+
+
+def cds_dir(settings: QactlSettings) -> Path:
+    return home(settings) / "cds"
+
+
+def _java_argv(settings: QactlSettings, main_class: str, *args: str, jvm_flags: tuple[str, ...] = ()) -> list[str]:
     heap = settings.kafka.heap_mb
     return [
         java(),
+        *jvm_flags,
         f"-Xmx{heap}m",
         f"-Xms{min(heap, 256)}m",
         "-XX:+UseG1GC",
@@ -173,6 +187,7 @@ def provision(settings: QactlSettings, report: Report) -> None:
     resolve_jars(settings, report)
     write_config(settings)
     format_storage(settings, report)
+    jvm.prepare_archives(cds_dir(settings), "kafka", _class_path(settings))
 
 
 def broker_health(settings: QactlSettings) -> Health:
@@ -217,7 +232,12 @@ def process(settings: QactlSettings) -> ProcessSpec:
     k = settings.kafka
     return ProcessSpec(
         name="kafka",
-        argv=_java_argv(settings, "kafka.Kafka", str(home(settings) / "server.properties")),
+        argv=_java_argv(
+            settings,
+            "kafka.Kafka",
+            str(home(settings) / "server.properties"),
+            jvm_flags=tuple(jvm.cds_flags(cds_dir(settings), "kafka", _class_path(settings))),
+        ),
         ports=(
             Port(k.port, "QACTL_KAFKA__PORT", k.host),
             Port(k.controller_port, "QACTL_KAFKA__CONTROLLER_PORT", k.host),
