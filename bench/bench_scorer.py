@@ -14,7 +14,10 @@ interleaved round by round, best round kept (the box is shared: the load average
 
 and the largest F1 difference against each library mode.
 
-    python bench/bench_scorer.py [--rounds 3] [--micro-batch 16] [--per-pair-rounds 1]
+    python bench/bench_scorer.py [--rounds 3] [--micro-batch 16] [--per-pair-rounds 1] [--threads N]
+
+On a box shared with other work, ``--threads 1`` makes the CPU-seconds column a fair measure of
+the work each mode does (no spinning threads waiting for a descheduled partner).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--per-pair-rounds", type=int, default=1, help="the slow mode, fewer rounds")
     parser.add_argument("--micro-batch", type=int, default=16, help="the job's --batch-size")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: the scorer's)")
     args = parser.parse_args()
 
     sets = pair_sets(load_knowledge_base())
@@ -51,7 +55,7 @@ def main() -> None:
     cands, refs = [c for c, _ in pairs], [r for _, r in pairs]
 
     load_started = time.perf_counter()
-    scorer = Scorer()
+    scorer = Scorer(threads=args.threads)
     load_seconds = time.perf_counter() - load_started
     from bert_score import BERTScorer
 
