@@ -108,13 +108,19 @@ def terminal_rows(settings: QactlSettings, question_ids: list[str]) -> dict[str,
     return found
 
 
-def test_normal_question_is_validated_then_served_from_the_cache(pipeline, gateway, api):
-    question, reference, _ = tagged(0)
-    with watching(pipeline, *FLOW_TOPICS) as watch:
+def ask_until_validated(settings: QactlSettings, api: StorageApiClient, question: str, reference: str):
+    """Submit, wait for the terminal state, and read every topic the question went through."""
+    with watching(settings, *FLOW_TOPICS) as watch:
         submission = api.submit(question, reference)
         assert submission.http_status == 202
         status = wait_terminal(api, submission.question_id)
         watch.wait_for(lambda _: topics.VALIDATED.name in topics_of(watch, submission.question_id))
+    return submission, status, watch
+
+
+def test_normal_question_is_validated_then_served_from_the_cache(pipeline, gateway, api):
+    question, reference, _ = tagged(0)
+    submission, status, watch = ask_until_validated(pipeline, api, question, reference)
     assert status.state == "validated" and status.score > pipeline.policies.quality_threshold
     assert topics_of(watch, submission.question_id) == [
         topics.QUESTIONS_PENDING.name,
@@ -133,10 +139,7 @@ def test_normal_question_is_validated_then_served_from_the_cache(pipeline, gatew
 def test_overload_is_retried_with_backoff_then_validated(pipeline, gateway, api):
     question, reference, tag = tagged(1)
     gateway.inject_fault("503", count=2, match=tag)
-    with watching(pipeline, *FLOW_TOPICS) as watch:
-        submission = api.submit(question, reference)
-        status = wait_terminal(api, submission.question_id)
-        watch.wait_for(lambda _: topics.VALIDATED.name in topics_of(watch, submission.question_id))
+    submission, status, watch = ask_until_validated(pipeline, api, question, reference)
     assert status.state == "validated"
     path = topics_of(watch, submission.question_id)
     assert path.count(topics.LLM_OVERLOAD.name) == 2
@@ -150,10 +153,7 @@ def test_overload_is_retried_with_backoff_then_validated(pipeline, gateway, api)
 def test_quota_is_retried_after_the_fixed_delay_then_validated(pipeline, gateway, api):
     question, reference, tag = tagged(2)
     gateway.inject_fault("402", count=1, match=tag)
-    with watching(pipeline, *FLOW_TOPICS) as watch:
-        submission = api.submit(question, reference)
-        status = wait_terminal(api, submission.question_id)
-        watch.wait_for(lambda _: topics.VALIDATED.name in topics_of(watch, submission.question_id))
+    submission, status, watch = ask_until_validated(pipeline, api, question, reference)
     assert status.state == "validated"
     path = topics_of(watch, submission.question_id)
     assert topics.LLM_QUOTA.name in path and topics.LLM_OVERLOAD.name not in path
@@ -166,10 +166,7 @@ def test_quota_is_retried_after_the_fixed_delay_then_validated(pipeline, gateway
 def test_low_score_is_regenerated_to_a_higher_score(pipeline, gateway, api):
     question, reference, tag = tagged(3)
     gateway.inject_fault("degrade", count=1, match=tag)
-    with watching(pipeline, *FLOW_TOPICS) as watch:
-        submission = api.submit(question, reference)
-        status = wait_terminal(api, submission.question_id)
-        watch.wait_for(lambda _: topics.VALIDATED.name in topics_of(watch, submission.question_id))
+    submission, status, watch = ask_until_validated(pipeline, api, question, reference)
     assert status.state == "validated"
     final = watch.of(submission.question_id, topics.VALIDATED.name)[0].message
     assert final.attempt == 1
