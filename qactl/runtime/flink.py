@@ -301,6 +301,7 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
             env=env,
             cwd=base(settings),
             start_timeout=300.0,
+            stop_timeout=90.0,  # a first stop also writes the class-data archive (jvm.py)
             health=lambda: jobmanager_health(settings),
         ),
         ProcessSpec(
@@ -309,6 +310,7 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
             env=env,
             cwd=base(settings),
             start_timeout=300.0,
+            stop_timeout=90.0,  # a first stop also writes the class-data archive (jvm.py)
             health=lambda: taskmanager_health(settings),
         ),
     ]

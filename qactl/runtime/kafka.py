@@ -243,7 +243,8 @@ def process(settings: QactlSettings) -> ProcessSpec:
             Port(k.controller_port, "QACTL_KAFKA__CONTROLLER_PORT", k.host),
         ),
         cwd=home(settings),
-        stop_timeout=30.0,
+        # A first stop also writes the class-data archive (jvm.py): give it time before SIGKILL.
+        stop_timeout=90.0,
         start_timeout=180.0,
         health=lambda: broker_health(settings),
     )
