@@ -1,4 +1,8 @@
-"""Kafka through the admin API: brokers, topics and partitions, end offsets, consumer lag."""
+"""Kafka through the admin API: brokers, topics and partitions, end offsets, consumer lag.
+
+Each function makes its own ``AdminClient`` unless given one; a poller (the dashboard) should
+make one with ``admin()`` and pass it, as a client costs threads and connections.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +77,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0
             "Kafka topics with the wrong partition count: " + "; ".join(wrong)
             + ". Delete them (or `qactl down --purge` for a local stack) and run `qactl up` again."
         )
-    missing = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1) for t in wanted if t.name not in existing]
+    # -1: the cluster's default.replication.factor (1 on our single node, more on a real cluster).
+    missing = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1) for t in wanted if t.name not in existing]
     if not missing:
         return []
     created: list[str] = []
@@ -87,9 +92,9 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0
     return created
 
 
-def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0) -> dict[int, int]:
+def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0, client: AdminClient | None = None) -> dict[int, int]:
     """Partition -> offset of the next record to be written (the log end)."""
-    client = admin(bootstrap, timeout)
+    client = client or admin(bootstrap, timeout)
     partitions = cluster_info(bootstrap, timeout, client).topics.get(topic)
     if partitions is None:
         raise QactlError(f"Kafka topic {topic} does not exist")
@@ -98,9 +103,11 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0) -> dict[int, i
     return {tp.partition: future.result(timeout).offset for tp, future in result.items()}
 
 
-def consumer_group_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
+def consumer_group_lag(
+    bootstrap: str, group: str, timeout: float = 5.0, client: AdminClient | None = None
+) -> dict[tuple[str, int], int]:
     """(topic, partition) -> records not yet committed by ``group``, for partitions it committed on."""
-    client = admin(bootstrap, timeout)
+    client = client or admin(bootstrap, timeout)
     futures = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)
     committed = futures[group].result(timeout).topic_partitions or []
     committed = [tp for tp in committed if tp.offset >= 0]
