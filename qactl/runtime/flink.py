@@ -102,9 +102,8 @@ def submit_argv(settings: QactlSettings, script: Path, *job_args: str, detached:
     argv = [str(flink_cli()), "run", "-m", rest_address(settings)]
     if detached:
         argv.append("-d")
-    argv += ["-py", str(script)]
-    if script.parent.is_dir():
-        argv += ["-pyfs", str(script.parent)]
+    # -pyfs ships the script's directory, so modules next to it import on the task managers.
+    argv += ["-py", str(script), "-pyfs", str(script.parent)]
     return [*argv, *job_args]
 
 
