@@ -115,9 +115,17 @@ def main() -> None:
     parser.add_argument("--warm-runs", type=int, default=2)
     parser.add_argument("--idle-seconds", type=float, default=15.0)
     parser.add_argument("--keep", action="store_true", help="leave the stack up (and its state) at the end")
+    parser.add_argument(
+        "--fresh-cache", action="store_true",
+        help="an empty qactl jar cache, so Maven copies the jars again (from ~/.m2, or Maven Central if absent)",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    settings = test_settings(args.port_base, state_dir=f"/tmp/qactl-bench-{args.port_base}")
+    overrides: dict[str, str] = {"state_dir": f"/tmp/qactl-bench-{args.port_base}"}
+    if args.fresh_cache:
+        overrides["cache_dir"] = f"/tmp/qactl-bench-cache-{args.port_base}"
+        shutil.rmtree(overrides["cache_dir"], ignore_errors=True)
+    settings = test_settings(args.port_base, **overrides)
     stack = Stack(settings, only=INFRA)
     stack.down()
     shutil.rmtree(settings.state_dir, ignore_errors=True)
@@ -153,6 +161,8 @@ def main() -> None:
 
     if not args.keep:
         stack.down(purge=True)
+        if args.fresh_cache:
+            shutil.rmtree(settings.cache_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
