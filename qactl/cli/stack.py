@@ -222,7 +222,10 @@ def doctor() -> None:
     for column in ("check", "", "detail", "fix"):
         table.add_column(column)
     for check in checks:
-        mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
+        if not check.ok:
+            mark = "[red]missing[/]"
+        else:
+            mark = "[yellow]warning[/]" if check.warning else "[green]ok[/]"
         table.add_row(check.name, mark, check.detail, check.fix or "")
     console.print(table)
     failing = [c for c in checks if not c.ok]

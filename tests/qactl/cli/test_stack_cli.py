@@ -1,0 +1,82 @@
+"""`qactl up/down/status/logs/doctor` arguments and errors, with nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+from typer.testing import CliRunner
+
+from qactl.cli.main import app
+from tests.qactl.cli.cli_env import free_port
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def unused_ports(monkeypatch):
+    """Ports nothing listens on, so 'nothing running' is what the probes find."""
+    for setting in ("KAFKA__PORT", "KAFKA__CONTROLLER_PORT", "FLINK__REST_PORT", "FLINK__RPC_PORT",
+                    "POSTGRES__PORT", "REDIS__PORT", "API__PORT", "GATEWAY__PORT"):
+        monkeypatch.setenv(f"QACTL_{setting}", str(free_port()))
+    monkeypatch.setenv("QACTL_LLM__BACKEND", "gateway")
+
+
+def test_status_of_a_stack_that_is_not_up_exits_1_and_says_down():
+    result = runner.invoke(app, ["status", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    names = {entry["name"] for entry in report}
+    assert {"kafka", "flink", "postgres", "redis", "storage-api", "score-job"} <= names
+    assert not any(entry["ok"] for entry in report)
+    assert all(not p["running"] for entry in report for p in entry["processes"])
+
+
+def test_logs_of_an_unknown_component_is_a_one_line_error():
+    result = runner.invoke(app, ["logs", "no-such-thing"])
+    assert result.exit_code == 1
+    assert "no component or process named 'no-such-thing'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_logs_of_a_replicated_component_asks_for_one_replica():
+    result = runner.invoke(app, ["logs", "llm-consumer"])
+    assert result.exit_code == 1
+    assert "llm-consumer-1" in result.output
+
+
+def test_up_refuses_an_unknown_profile():
+    result = runner.invoke(app, ["up", "--profile", "fast"])
+    assert result.exit_code == 2
+    assert "--profile" in result.output
+
+
+def test_doctor_names_a_missing_prerequisite_and_how_to_install_it(tmp_path, monkeypatch):
+    # A PATH with every tool qactl needs but redis-server.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("java", "mvn", "initdb", "postgres", "pg_ctl"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 1
+    assert "redis-server" in result.output
+    assert "apt-get install" in result.output
+
+
+def test_doctor_passes_when_everything_is_there(monkeypatch):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed on this machine")
+    # pytest's tmp dirs are private to root; PostgreSQL's user must reach the state dir.
+    state_dir = tempfile.mkdtemp(prefix="qactl-doctor-", dir="/tmp")
+    os.chmod(state_dir, 0o755)
+    monkeypatch.setenv("QACTL_STATE_DIR", state_dir)
+    result = runner.invoke(app, ["doctor"])
+    shutil.rmtree(state_dir, ignore_errors=True)
+    assert result.exit_code == 0, result.output
+    assert "All prerequisites are in place" in result.output
