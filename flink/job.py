@@ -26,7 +26,7 @@ import logging
 import zlib
 from collections.abc import Iterator
 
-from pyflink.common import Row, Types, WatermarkStrategy
+from pyflink.common import Configuration, Row, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import (
     CheckpointingMode,
@@ -165,12 +165,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--checkpoint-ms", type=int, default=5000)
     parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument(
+        "--bundle-ms", type=int, default=20,
+        help="how long Flink may buffer records for a Python operator (Flink's default: 1000 ms)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    env = StreamExecutionEnvironment.get_execution_environment()
+    config = Configuration()
+    config.set_string("python.fn-execution.bundle.time", str(args.bundle_ms))
+    config.set_string("python.fn-execution.bundle.size", "1000")
+    env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(args.parallelism)
     build(env, args.config_json, args)
     env.execute(JOB_NAME)
