@@ -112,6 +112,7 @@ class RetryService:
         self.failure: BaseException | None = None
         self.heartbeats: dict[str, float] = {}
         self.paused: dict[tuple[str, int], float] = {}  # delay partition -> epoch when its head is due
+        self.paused_heads: dict[tuple[str, int], int] = {}  # delay partition -> offset of its head
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class RetryService:
             # A partition that moves away takes its pause with it; its new owner re-reads the head.
             for tp in partitions:
                 self.paused.pop((tp.topic, tp.partition), None)
+                self.paused_heads.pop((tp.topic, tp.partition), None)
 
         consumer.subscribe(self.spec.delay_topics(self.policies), on_revoke=forget, on_lost=forget)
         try:
@@ -299,6 +301,11 @@ class RetryService:
         consumer.resume([TopicPartition(topic, part) for topic, part in due])
         for partition in due:
             del self.paused[partition]
+            head = self.paused_heads.pop(partition, None)
+            if head is not None:
+                # Seek again once active: a seek on a paused partition is not reliably kept, and
+                # a lost one would skip the head and every message fetched behind it.
+                consumer.seek(TopicPartition(partition[0], partition[1], head))
 
     def _handle_delayed(self, consumer: Consumer, producer: Producer, msg: Message) -> bool:
         """Re-queue a due retry (True), or pause its partition until the head is due (False)."""
@@ -317,6 +324,7 @@ class RetryService:
             consumer.pause([tp])
             consumer.seek(tp)
             self.paused[(msg.topic(), msg.partition())] = due
+            self.paused_heads[(msg.topic(), msg.partition())] = msg.offset()
             return False
         self._requeue(producer, waiting)
         return True
