@@ -66,3 +66,17 @@ def serve_metrics_and_health(host: str, port: int, health: HealthProbe) -> Threa
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def run_until_stopped(loop: Callable[[], None], log: logging.Logger, *cleanups: Callable[[], object]) -> int:
+    """Run a service's loop; always run ``cleanups``; exit code 0 on a clean stop, 1 on failure."""
+    try:
+        loop()
+    except Exception as exc:  # logged with its traceback by the failing loop
+        log.error("stopped on failure: %s", exc)
+        return 1
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+    log.info("stopped")
+    return 0

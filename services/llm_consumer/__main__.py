@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from services.common.runner import install_stop_handlers, serve_metrics_and_health, setup_logging
+from services.common.runner import install_stop_handlers, run_until_stopped, serve_metrics_and_health, setup_logging
 from services.common.settings import get_settings
 from services.common.slots import metrics_port, service_replica
 from services.common.status import StatusTracker
@@ -42,16 +42,7 @@ def main() -> int:
         consumer.concurrency,
         port,
     )
-    try:
-        consumer.run()
-    except Exception as exc:
-        log.error("stopped on failure: %s", exc)
-        return 1
-    finally:
-        server.shutdown()
-        status.close()
-    log.info("stopped")
-    return 0
+    return run_until_stopped(consumer.run, log, server.shutdown, status.close)
 
 
 if __name__ == "__main__":

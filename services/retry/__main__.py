@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.runner import install_stop_handlers, serve_metrics_and_health, setup_logging
+from services.common.runner import install_stop_handlers, run_until_stopped, serve_metrics_and_health, setup_logging
 from services.common.settings import get_settings
 from services.common.status import StatusTracker
 from services.common.slots import metrics_port
@@ -34,16 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         port,
         f" (delays shortened x{policies.delay_scale})" if policies.shortened else "",
     )
-    try:
-        service.run()
-    except Exception as exc:  # logged with its traceback by the failing loop
-        log.error("stopped on failure: %s", exc)
-        return 1
-    finally:
-        server.shutdown()
-        status.close()
-    log.info("stopped")
-    return 0
+    return run_until_stopped(service.run, log, server.shutdown, status.close)
 
 
 if __name__ == "__main__":
