@@ -10,7 +10,7 @@ leaves the stack running after the session, for quick iterations.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,11 +64,21 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, desp
 @pytest.fixture(scope="session")
 def infra_stack() -> Iterator[QactlSettings]:
     """Kafka, Flink, PostgreSQL and Redis up for the whole session; down at the end."""
+    settings = test_settings()
+    with running(settings, INFRA, keep=os.environ.get("QACTL_TEST_KEEP_STACK") == "1"):
+        yield settings
+
+
+@contextmanager
+def running(settings: QactlSettings, names: Sequence[str], keep: bool = False) -> Iterator[None]:
+    """Components ``names`` up for the block, down after it; down too if ``up`` fails half-way."""
     from qactl.runtime.stack import Stack
 
-    settings = test_settings()
-    stack = Stack(settings, only=INFRA)
-    stack.up()
-    yield settings
-    if os.environ.get("QACTL_TEST_KEEP_STACK") != "1":
-        Stack(settings, only=INFRA).down()
+    try:
+        Stack(settings, only=names).up()
+        yield
+    except BaseException:
+        Stack(settings, only=names).down()  # what did start must not outlive the tests
+        raise
+    if not keep:
+        Stack(settings, only=names).down()

@@ -7,6 +7,7 @@ make one with ``admin()`` and pass it, as a client costs threads and connections
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,17 +80,49 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0
         )
     # -1: the cluster's default.replication.factor (1 on our single node, more on a real cluster).
     missing = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1) for t in wanted if t.name not in existing]
-    if not missing:
-        return []
     created: list[str] = []
-    for name, future in client.create_topics(missing, operation_timeout=timeout).items():
+    for name, future in (client.create_topics(missing, operation_timeout=timeout) if missing else {}).items():
         try:
             future.result(timeout)
             created.append(name)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent qactl made it
                 raise QactlError(f"cannot create Kafka topic {name}: {exc}") from exc
+    wait_for_leaders(client, wanted, timeout)
     return created
+
+
+def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -> None:
+    """Wait until the leader of every partition of ``topics`` serves it.
+
+    ``create_topics`` returns once the controller has recorded a topic, a moment before the
+    broker leads its partitions; until then produce and list_offsets answer NOT_LEADER or
+    LEADER_NOT_AVAILABLE, and metadata may already name the leader. So ask for the end offsets,
+    which only the serving leader answers.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
+    last: Exception | None = None
+    while waiting:
+        futures = client.list_offsets({tp: OffsetSpec.latest() for tp in waiting}, request_timeout=timeout)
+        pending = []
+        for tp, future in futures.items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if not exc.args[0].retriable() and exc.args[0].name() not in _NOT_YET_LED:
+                    raise QactlError(f"Kafka topic {tp.topic}[{tp.partition}]: {exc}") from exc
+                last = exc
+                pending.append(tp)
+        waiting = pending
+        if waiting and time.monotonic() >= deadline:
+            names = sorted({tp.topic for tp in waiting})
+            raise QactlError(f"Kafka topics not served by a leader after {timeout:.0f} s: {', '.join(names)} ({last})")
+        if waiting:
+            time.sleep(0.1)
+
+
+_NOT_YET_LED = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "UNKNOWN_LEADER_EPOCH"}
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0, client: AdminClient | None = None) -> dict[int, int]:

@@ -18,7 +18,7 @@ from qactl.demo.cases import case_names
 from qactl.runtime.stack import Stack
 from services.common.settings import QactlSettings
 from tests.qactl.cli.cli_env import flat, use_settings
-from tests.stack import INFRA, test_settings
+from tests.stack import INFRA, running, test_settings
 
 pytestmark = pytest.mark.stack
 
@@ -31,9 +31,8 @@ def pipeline(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
     """Every service and the score job on top of the session's infrastructure, demo profile."""
     settings = test_settings(policies={"delay_scale": DEMO_DELAY_SCALE}, llm={"backend": "gateway"})
     names = [c.name for c in Stack(settings).components if c.name not in INFRA]
-    Stack(settings, only=names).up()
-    yield settings
-    Stack(settings, only=names).down()
+    with running(settings, names):
+        yield settings
 
 
 @pytest.fixture

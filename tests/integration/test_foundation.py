@@ -107,6 +107,15 @@ def test_topic_creation_is_idempotent_and_refuses_a_wrong_partition_count(infra_
         kafka_admin.ensure_topics(bootstrap, [Topic(name, 1, "test")])
 
 
+def test_created_topics_have_their_leaders_when_ensure_topics_returns(infra_stack: QactlSettings) -> None:
+    # A topic is recorded before its partitions have a leader; until then list_offsets fails.
+    bootstrap = infra_stack.kafka.bootstrap
+    names = [f"test-leaders-{uuid.uuid4().hex[:8]}-{i}" for i in range(4)]
+    kafka_admin.ensure_topics(bootstrap, [Topic(name, 3, "test") for name in names])
+    for name in names:
+        assert kafka_admin.end_offsets(bootstrap, name) == {0: 0, 1: 0, 2: 0}
+
+
 # --- Flink ---
 
 

@@ -24,7 +24,7 @@ from services.common.knowledge_base import load_knowledge_base
 from services.common.schemas import TERMINAL_STAGES
 from services.common.settings import QactlSettings
 from tests.services.pipeline import watching
-from tests.stack import INFRA, test_settings
+from tests.stack import INFRA, running, test_settings
 
 pytestmark = pytest.mark.stack
 
@@ -46,10 +46,9 @@ def pipeline(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
     """Every service and the score job on top of the session's infrastructure."""
     settings = test_settings(policies={"delay_scale": DELAY_SCALE}, llm={"backend": "gateway"})
     names = [c.name for c in Stack(settings).components if c.name not in INFRA]
-    Stack(settings, only=names).up()
-    _warm_up(settings)
-    yield settings
-    Stack(settings, only=names).down()
+    with running(settings, names):
+        _warm_up(settings)
+        yield settings
 
 
 def _warm_up(settings: QactlSettings) -> None:
