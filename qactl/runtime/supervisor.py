@@ -74,6 +74,15 @@ def _proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def child_environment(spec_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a child inherits. When its spec carries the whole qactl configuration
+    (``services.settings_env``), the caller's own ``QACTL_*`` variables are left out: a nested
+    one such as ``QACTL_KAFKA__PORT`` would otherwise win over the configuration passed."""
+    if "QACTL_STATE_DIR" not in spec_env:
+        return dict(os.environ)
+    return {k: v for k, v in os.environ.items() if not k.startswith("QACTL_")}
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,7 +147,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file(spec.name), "ab", buffering=0)
         log.write(f"\n--- qactl starting {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
-        env = {**os.environ, **spec.env}
+        env = {**child_environment(spec.env), **spec.env}
         demote = demote_fn(spec.run_as)
         try:
             proc = subprocess.Popen(

@@ -139,3 +139,25 @@ def test_a_reused_pid_is_not_mistaken_for_ours(supervisor: Supervisor) -> None:
     assert not supervisor.state("ghost").running
     assert not supervisor.stop("ghost")
     assert alive(os.getpid())
+
+
+def test_a_service_sees_the_configuration_it_is_given_not_the_callers_variables(
+    supervisor: Supervisor, settings: QactlSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller's shell has a nested variable for a port the configuration sets otherwise.
+    from qactl.runtime.services import settings_env
+
+    monkeypatch.setenv("QACTL_KAFKA__PORT", "1")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "kept")
+    configured = load_settings(state_dir=settings.state_dir, kafka={"port": 45678})
+    show = (
+        "import os; from services.common.settings import load_settings; "
+        "print('port', load_settings().kafka.port, os.environ.get('UNRELATED_VARIABLE'), flush=True); "
+        "import time; time.sleep(600)"
+    )
+    spec = ProcessSpec("shows-settings", [sys.executable, "-c", show], env=settings_env(configured), cwd=Path.cwd())
+    supervisor.start(spec)
+    deadline = time.monotonic() + 20
+    while "port" not in supervisor.tail("shows-settings") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "port 45678 kept" in supervisor.tail("shows-settings")
