@@ -10,7 +10,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from qactl.cli import stack
+from qactl.cli import ask, demo, gateway, metrics, migrate, stack, traffic, watch
 from qactl.cli.common import err_console
 from qactl.errors import QactlError
 
@@ -34,24 +34,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(stack.app)
-
-
-def _join_optional_groups() -> None:
-    """Command groups of later layers join when their module exists."""
-    import importlib
-
-    for module_name in ("ask", "demo", "watch", "metrics", "traffic", "migrate", "gateway"):
-        try:
-            module = importlib.import_module(f"qactl.cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"qactl.cli.{module_name}":
-                continue
-            raise
-        app.add_typer(module.app)
-
-
-_join_optional_groups()
+for group in (stack, ask, demo, watch, metrics, traffic, migrate, gateway):
+    app.add_typer(group.app)
 
 
 def _print_version(value: bool) -> None:
