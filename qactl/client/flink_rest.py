@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from qactl.client.http import shared_client
 
 ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"})
 
@@ -56,7 +56,7 @@ class FlinkRest:
         self.timeout = timeout
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
+        response = shared_client().request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
 

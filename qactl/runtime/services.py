@@ -8,7 +8,6 @@ slot``) and ``QACTL_SERVICE_REPLICA``. Health is the process's own ``GET /health
 
 from __future__ import annotations
 
-import functools
 
 import json
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from qactl.client.http import shared_client
 from qactl.runtime.component import Component
 from qactl.runtime.supervisor import Health, Port, ProcessSpec
 from services.common.settings import QactlSettings
@@ -108,18 +108,10 @@ def settings_env(settings: QactlSettings) -> dict[str, str]:
     return env
 
 
-@functools.cache
-def _http_client() -> httpx.Client:
-    """One client for every health probe of the process: a new client per probe costs tens of
-    milliseconds of CPU (httpx builds an SSL context for each), and ``qactl status`` or the
-    dashboard probe every service each time."""
-    return httpx.Client()
-
-
 def http_health(url: str, timeout: float = 1.0) -> Health:
     """A service's ``GET /health``: 200 is healthy; the JSON body becomes the detail line."""
     try:
-        response = _http_client().get(url, timeout=timeout)
+        response = shared_client().get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return Health(False, f"no answer at {url} ({type(exc).__name__})")
     try:
