@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import torch
+
 from flink.calibrate import pair_sets
 from flink.scoring import Scorer, model_dir
 from services.common.knowledge_base import load_knowledge_base
@@ -71,6 +73,11 @@ def main() -> None:
     from bert_score import BERTScorer
 
     library = BERTScorer(model_type=str(model_dir()), num_layers=num_layers)
+    threads = next(iter(scorers.values())).threads
+
+    def library_score(cands: list[str], refs: list[str]):
+        torch.set_num_threads(threads)  # torch's count is process-wide: the scorers set theirs
+        return library.score(cands, refs)
 
     def job_stream(scorer: Scorer) -> list[float]:
         out: list[float] = []
@@ -87,8 +94,8 @@ def main() -> None:
         scorer.f1(cands, refs)
 
     modes: dict[str, Callable[[], object]] = {
-        "library, one call per pair": lambda: [library.score([c], [r]) for c, r in pairs],
-        "library, batched": lambda: library.score(cands, refs),
+        "library, one call per pair": lambda: [library_score([c], [r]) for c, r in pairs],
+        "library, batched": lambda: library_score(cands, refs),
     }
     for backend, scorer in scorers.items():
         modes[f"{backend}: job scorer, micro-batches of {args.micro_batch}, cold cache"] = partial(job_cold, scorer)
@@ -105,13 +112,12 @@ def main() -> None:
                 best[name] = (wall, cpu)
     load_after = os.getloadavg()
 
-    lib_single = [library.score([c], [r])[2].item() for c, r in pairs]
-    lib_batched = library.score(cands, refs)[2].tolist()
+    lib_single = [library_score([c], [r])[2].item() for c, r in pairs]
+    lib_batched = library_score(cands, refs)[2].tolist()
 
-    threads = next(iter(scorers.values())).threads
     loads = ", ".join(f"{backend} {seconds:.1f} s" for backend, seconds in load_seconds.items())
     print(f"{len(pairs)} pairs ({len(set(refs))} references), layer {num_layers}, "
-          f"torch threads {__import__('torch').get_num_threads()}, scorer threads {threads}, scorer load {loads}")
+          f"threads {threads} (the library's torch, the scorers' encoder), scorer load {loads}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores; best of "
           f"{args.rounds} rounds)")
     reference = len(pairs) / best["library, batched"][0]
