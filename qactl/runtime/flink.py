@@ -92,6 +92,8 @@ def flink_env(settings: QactlSettings) -> dict[str, str]:
         "FLINK_LIB_DIR": str(lib_dir(settings)),
         "FLINK_LOG_DIR": str(settings.log_dir),
         "PYFLINK_CLIENT_EXECUTABLE": python_executable(),
+        # The job's Python workers keep the scorer's exported encoder there (flink/onnx_encoder.py).
+        "QACTL_CACHE_DIR": str(settings.cache_dir),
         # The bundled scripts take the JVM from JAVA_HOME when set, else `java` on PATH.
         **({"JAVA_HOME": os.environ["JAVA_HOME"]} if "JAVA_HOME" in os.environ else {}),
     }

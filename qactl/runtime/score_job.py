@@ -56,6 +56,7 @@ def submit(settings: QactlSettings, report: Report) -> bool:
     rest = FlinkRest(settings.flink.rest)
     if live_jobs(rest):
         return False
+    prepare_scorer_model(settings, report)
     report(f"submitting {job_name()} (flink run)")
     config = JobConfig.from_settings(settings).model_dump_json()
     argv = flink.submit_argv(settings, JOB_SCRIPT, "--config-json", config)
@@ -76,6 +77,29 @@ def submit(settings: QactlSettings, report: Report) -> bool:
         report(current.detail)
         time.sleep(1)
     raise ComponentFailed(f"{job_name()} submitted but not RUNNING after {SUBMIT_TIMEOUT_SECONDS}s")
+
+
+def prepare_scorer_model(settings: QactlSettings, report: Report) -> None:
+    """Export the scorer's encoder to ONNX once per machine, before the job needs it.
+
+    Otherwise the job's first Python worker exports it while the first answers wait (10-15 s).
+    Not fatal when it fails: the worker then runs the encoder in torch and logs why.
+    """
+    from flink.onnx_encoder import onnx_path
+    from flink.scoring import Calibration
+
+    path = onnx_path(Calibration.load().num_layers, settings.cache_dir)
+    if path.is_file():
+        return
+    report(f"exporting the scorer's encoder to ONNX, once per machine ({path.name})")
+    done = subprocess.run(
+        [flink.python_executable(), "-c", "from flink.scoring import Scorer; print(Scorer().backend)"],
+        env={**_os_env(), "QACTL_CACHE_DIR": str(settings.cache_dir)}, cwd=JOB_SCRIPT.parents[1],
+        capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
+    )
+    if done.returncode != 0 or not path.is_file():
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        report(f"scorer encoder not exported; the job will run it in torch ({last[0]})")
 
 
 def cancel(settings: QactlSettings, report: Report) -> None:

@@ -87,3 +87,18 @@ def test_flink_submission_helpers_point_at_our_cluster_and_connector(tmp_path: P
     assert argv[5:] == ["-py", "/jobs/job.py", "-pyfs", "/jobs", "--x", "1"]
     assert flink.flink_connector_jar(settings).name == "flink-sql-connector-kafka-5.0.0-2.2.jar"
     assert flink.flink_python_jar().name.startswith("flink-python-2.2")
+
+
+def test_the_scorer_encoder_is_exported_once_before_the_job_needs_it(tmp_path: Path) -> None:
+    from flink.onnx_encoder import onnx_path
+    from flink.scoring import Calibration
+    from qactl.runtime.score_job import prepare_scorer_model
+
+    settings = load_settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    said: list[str] = []
+    prepare_scorer_model(settings, said.append)
+    assert onnx_path(Calibration.load().num_layers, tmp_path / "cache").is_file()
+    assert len(said) == 1 and "exporting" in said[0]
+    prepare_scorer_model(settings, said.append)  # cached: nothing to do, nothing said
+    assert len(said) == 1
+    assert flink.flink_env(settings)["QACTL_CACHE_DIR"] == str(tmp_path / "cache")  # where the workers look
