@@ -79,7 +79,7 @@ def up(
     if profile not in ("default", "demo"):
         raise typer.BadParameter("choose 'default' or 'demo'", param_hint="--profile")
     if profile == "demo":
-        # The services inherit this process's environment, so they all run the demo profile.
+        # Set before the settings are read: the services are handed those settings, demo profile included.
         os.environ["QACTL_POLICIES__DELAY_SCALE"] = str(DEMO_DELAY_SCALE)
         get_settings.cache_clear()
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
