@@ -33,6 +33,8 @@ class Health:
     data: Mapping[str, object] = field(default_factory=dict)
 
 
+PORT_GRACE_SECONDS = 3.0
+
 @dataclass(frozen=True)
 class Port:
     number: int
@@ -132,10 +134,15 @@ class Supervisor:
     def is_running(self, name: str) -> bool:
         return self.state(name).running
 
-    def check_ports(self, spec: ProcessSpec) -> None:
+    def check_ports(self, spec: ProcessSpec, grace: float = PORT_GRACE_SECONDS) -> None:
+        """Raise ``PortInUseError`` for a port still taken after ``grace`` seconds: a process
+        killed a moment ago may hold its listening socket until the kernel has reaped it."""
+        deadline = time.monotonic() + grace
         for port in spec.ports:
-            if not port_is_free(port.number, port.host):
-                raise PortInUseError(port.number, spec.name, port.setting)
+            while not port_is_free(port.number, port.host):
+                if time.monotonic() >= deadline:
+                    raise PortInUseError(port.number, spec.name, port.setting)
+                time.sleep(0.1)
 
     def start(self, spec: ProcessSpec) -> int:
         """Start ``spec`` unless it already runs; return its pid. Health is the caller's to await."""

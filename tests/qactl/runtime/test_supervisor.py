@@ -132,6 +132,21 @@ def test_port_in_use_names_the_port_and_the_setting(supervisor: Supervisor) -> N
     assert port_is_free(port)
 
 
+
+def test_a_port_freed_within_the_grace_period_does_not_fail_the_start(supervisor: Supervisor) -> None:
+    # As after kill -9: the old listener lingers a moment, then the port is free again.
+    import threading
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    threading.Timer(0.5, holder.close).start()
+    spec = ProcessSpec("needs-port", [sys.executable, "-c", SLEEPER], ports=[Port(port, "QACTL_REDIS__PORT")])
+    started = time.monotonic()
+    assert alive(supervisor.start(spec))
+    assert time.monotonic() - started >= 0.4  # it did wait for the port
+
 def test_a_reused_pid_is_not_mistaken_for_ours(supervisor: Supervisor) -> None:
     # A pid file whose pid now belongs to another process (different start time) is stale.
     supervisor.run_dir.mkdir(parents=True, exist_ok=True)
