@@ -14,6 +14,13 @@ With ``--wrk`` the load comes from wrk (``apt-get install -y wrk``), which costs
 than any Python client: N connections each send their next request when the previous answer
 arrives (closed loop), so it reports the throughput the API sustains and the latency at it.
 
+Every accepted question also flows down the pipeline. With an instant LLM (the gateway's
+default latency of 0) the consumers, the Flink job and the persister then work flat out on the
+same cores as the API, and the figure says more about them than about ingest. To measure the
+front door under the original plan's LLM, start the stack with
+``QACTL_GATEWAY__LATENCY_MS_MIN=800 QACTL_GATEWAY__LATENCY_MS_MAX=5000 qactl up``. Start from
+an empty backlog (``qactl down --purge``): a stack still draining earlier runs skews everything.
+
 Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
 distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
 database miss, one row in ``questions``, one message produced and acknowledged by Kafka.
