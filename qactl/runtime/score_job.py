@@ -92,13 +92,17 @@ def prepare_scorer_model(settings: QactlSettings, report: Report) -> None:
     if path.is_file():
         return
     report(f"exporting the scorer's encoder to ONNX, once per machine ({path.name})")
-    done = subprocess.run(
-        [flink.python_executable(), "-c", "from flink.scoring import Scorer; print(Scorer().backend)"],
-        env={**_os_env(), "QACTL_CACHE_DIR": str(settings.cache_dir)}, cwd=JOB_SCRIPT.parents[1],
-        capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
-    )
-    if done.returncode != 0 or not path.is_file():
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    try:
+        done = subprocess.run(
+            [flink.python_executable(), "-c", "from flink.scoring import Scorer; print(Scorer().backend)"],
+            env={**_os_env(), "QACTL_CACHE_DIR": str(settings.cache_dir)}, cwd=JOB_SCRIPT.parents[1],
+            capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
+        )
+        output = (done.stderr or done.stdout).strip()
+    except subprocess.TimeoutExpired:
+        output = f"no result after {SUBMIT_TIMEOUT_SECONDS} s"
+    if not path.is_file():
+        last = output.splitlines()[-1:] or ["no output"]
         report(f"scorer encoder not exported; the job will run it in torch ({last[0]})")
 
 

@@ -33,7 +33,8 @@ class Health:
     data: Mapping[str, object] = field(default_factory=dict)
 
 
-PORT_GRACE_SECONDS = 3.0
+PORT_GRACE_SECONDS = 3.0  # how long a port a just-killed process held may stay taken
+
 
 @dataclass(frozen=True)
 class Port:

@@ -102,3 +102,13 @@ def test_the_scorer_encoder_is_exported_once_before_the_job_needs_it(tmp_path: P
     prepare_scorer_model(settings, said.append)  # cached: nothing to do, nothing said
     assert len(said) == 1
     assert flink.flink_env(settings)["QACTL_CACHE_DIR"] == str(tmp_path / "cache")  # where the workers look
+
+
+def test_a_failed_scorer_export_is_said_and_does_not_stop_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qactl.runtime.score_job import prepare_scorer_model
+
+    monkeypatch.setattr(flink, "python_executable", lambda: "/bin/false")  # the export cannot run
+    settings = load_settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    said: list[str] = []
+    prepare_scorer_model(settings, said.append)
+    assert said[-1].startswith("scorer encoder not exported; the job will run it in torch")
