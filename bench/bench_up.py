@@ -98,17 +98,6 @@ def per_process(stack: Stack, settings: QactlSettings, measure) -> dict[str, flo
     return found
 
 
-def idle_rss(stack: Stack, settings: QactlSettings) -> dict[str, int]:
-    supervisor = Supervisor(settings)
-    found = {}
-    for component in stack.components:
-        for spec in component.processes():
-            pid = supervisor.state(spec.name).pid
-            if pid is not None:
-                found[spec.name] = group_rss_kib(pid)
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port-base", type=int, default=27500)
@@ -153,7 +142,7 @@ def main() -> None:
               + f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
     time.sleep(args.idle_seconds)
-    rss = idle_rss(stack, settings)
+    rss = per_process(stack, settings, group_rss_kib)
     print(f"idle resident memory after {args.idle_seconds:.0f} s (process group sums):")
     for name, kib in rss.items():
         print(f"  {name:<20} {kib / 1024:8.0f} MiB")
