@@ -243,7 +243,9 @@ class Scorer:
                 log.info("scorer: exporting the %d-layer encoder to %s", self.num_layers, path)
                 tokenizer = self._tokenizer
                 export(self._torch_model(), path, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
-            return OnnxEncoder(path, self.threads)
+            encoder = OnnxEncoder(path, self.threads)
+            self._model = None  # only the export needed it: the worker keeps no second copy
+            return encoder
         except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
             log.warning("scorer: encoder falls back to torch, ONNX Runtime unusable: %s: %s", type(exc).__name__, exc)
             return None

@@ -176,6 +176,7 @@ def test_onnx_export_is_written_once_and_reused(monkeypatch, tmp_path, torch_sco
     first = Scorer(backend="onnx")
     exported = onnx_path(first.num_layers)
     assert first.backend == "onnx" and exported.is_relative_to(tmp_path)
+    assert first._model is None  # the torch model the export loaded is not kept
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temporary file left
     written = exported.stat().st_mtime_ns
     second = Scorer(backend="onnx")
