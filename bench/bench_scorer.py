@@ -21,6 +21,13 @@ mode.
 
 On a box shared with other work, ``--threads 1`` makes the CPU-seconds column a fair measure of
 the work each mode does (no spinning threads waiting for a descheduled partner).
+
+Last, a floor: the least float32 work any exact scorer must do on these inputs (every distinct
+sentence's tokens through the encoder's layers once, no padding; the references left out when
+they are cached) and how long only its matrix products take at this machine's best rate, timed
+here with numpy's BLAS on the encoder's own shapes, all tokens in one product. No scorer of the
+same model at the same precision can beat that time, so ``library batched / floor`` is the most
+any of them could reach against the library here.
 """
 
 from __future__ import annotations
@@ -44,6 +51,60 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def encoder_flops(token_counts: list[int], hidden: int, intermediate: int, layers: int) -> float:
+    """Multiply-adds x 2 of the encoder on sentences of these lengths: projections and feed
+    forward per token, attention scores and mixing per token pair."""
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
+    return layers * sum(n * per_token + 2 * 2 * n * n * hidden for n in token_counts)
+
+
+def gemm_floor_seconds(tokens: int, hidden: int, intermediate: int, layers: int, repeats: int = 3) -> float:
+    """Seconds the encoder's matrix products alone take for ``tokens`` tokens at once: the fused
+    query/key/value projection, the output projection and the two feed-forward products per
+    layer, by numpy's BLAS (best of ``repeats``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((tokens, hidden), dtype=np.float32)
+    inner = rng.standard_normal((tokens, intermediate), dtype=np.float32)
+    weights = [
+        (x, rng.standard_normal((hidden, 3 * hidden), dtype=np.float32)),
+        (x, rng.standard_normal((hidden, hidden), dtype=np.float32)),
+        (x, rng.standard_normal((hidden, intermediate), dtype=np.float32)),
+        (inner, rng.standard_normal((intermediate, hidden), dtype=np.float32)),
+    ]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _layer in range(layers):
+            for left, right in weights:
+                left @ right
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def print_floor(scorer: Scorer, cands: list[str], refs: list[str], library_seconds: float) -> None:
+    from transformers import AutoConfig, AutoTokenizer  # after Scorer() set the offline switches
+
+    config = AutoConfig.from_pretrained(str(scorer.path), local_files_only=True)
+    hidden, intermediate, layers = config.hidden_size, config.intermediate_size, scorer.num_layers
+    tokenizer = AutoTokenizer.from_pretrained(str(scorer.path), local_files_only=True)
+
+    def lengths(texts: set[str]) -> list[int]:
+        return [len(tokenizer(t)["input_ids"]) for t in texts]
+
+    distinct_refs = {r.strip() for r in refs}
+    everything = lengths(distinct_refs | {c.strip() for c in cands})
+    answers_only = lengths({c.strip() for c in cands} - distinct_refs)
+    print(f"floor (float32, {layers} layers, hidden {hidden}, feed-forward {intermediate}):")
+    for label, counts in (("empty cache", everything), ("refs cached", answers_only)):
+        gflop = encoder_flops(counts, hidden, intermediate, layers) / 1e9
+        seconds = gemm_floor_seconds(sum(counts), hidden, intermediate, layers)
+        print(f"  {label:<12} {len(counts)} sentences, {sum(counts)} tokens, {gflop:.1f} GFLOP; matrix "
+              f"products alone {seconds:.2f} s ({gflop / seconds:.0f} GFLOP/s) -> at most "
+              f"{library_seconds / seconds:.2f}x the library batched ({library_seconds:.2f} s)")
 
 
 def main() -> None:
@@ -133,6 +194,7 @@ def main() -> None:
         print(f"{backend}: max |F1 job - library batched|           = {max(diffs):.2e} "
               f"({sum(d > 1e-4 for d in diffs)} pairs above 1e-4: the library's padding artefact, see SCORING.md)")
         print(f"{backend}: reference cache: {scorer.cache_info()}")
+    print_floor(next(iter(scorers.values())), cands, refs, best["library, batched"][0])
 
 
 if __name__ == "__main__":
