@@ -143,6 +143,9 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
         # about a quarter (measured 18-20 -> 14 CPU s) and its RSS; task managers keep C2.
         "env.java.opts.jobmanager": " ".join(["-XX:TieredStopAtLevel=1", *_cds(settings, "jobmanager")]),
         "env.java.opts.taskmanager": " ".join(_cds(settings, "taskmanager")),
+        # `flink run` zips the job's -pyfs directory into java.io.tmpdir and leaves it there:
+        # under the state dir, not one flink-distributed-cache-* in /tmp per submission.
+        "env.java.opts.client": f"-Djava.io.tmpdir={b / 'tmp'}",
         "jobmanager.execution.failover-strategy": "region",
         "taskmanager.host": f.host,
         "taskmanager.bind-host": f.host,

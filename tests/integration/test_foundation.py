@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -135,10 +136,16 @@ def test_a_pyflink_job_copies_one_kafka_topic_to_another_on_the_cluster(infra_st
     kafka_admin.ensure_topics(bootstrap, [Topic(source, 1, "test"), Topic(sink, 1, "test")])
     argv = flink.submit_argv(infra_stack, JOB, "--bootstrap", bootstrap, "--input", source, "--output", sink,
                              "--name", name)  # fmt: skip
+    shipped = "flink-distributed-cache-*"  # the client's archive of the job's Python files
+    in_tmp = set(Path(tempfile.gettempdir()).glob(shipped))
     submitted = subprocess.run(
         argv, env={**os.environ, **flink.flink_env(infra_stack)}, capture_output=True, text=True, timeout=600
     )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    # The submission's leftovers stay under the state dir (removed by `down --purge`); the
+    # archive is named by its content, so an earlier run's may be the same one.
+    assert any((infra_stack.state_dir / "flink" / "tmp").glob(shipped))
+    assert set(Path(tempfile.gettempdir()).glob(shipped)) == in_tmp
     rest = FlinkRest(infra_stack.flink.rest)
     try:
         (job,) = rest.running_jobs(name)

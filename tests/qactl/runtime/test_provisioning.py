@@ -73,6 +73,7 @@ def test_flink_config_pins_rest_and_rpc_and_lets_the_os_pick_the_rest(tmp_path: 
     assert config["python.executable"] == sys.executable
     assert config["execution.checkpointing.dir"] == (tmp_path / "flink" / "checkpoints").as_uri()
     assert "--add-opens" in config["env.java.opts.all"]  # the bundled Java 17 flags are kept
+    assert config["env.java.opts.client"] == f"-Djava.io.tmpdir={tmp_path / 'flink' / 'tmp'}"
     assert config["pipeline.name"] == "x"
 
 
