@@ -130,7 +130,10 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
     java_opts = bundled.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
     b = base(settings)
     config: dict[str, Any] = {
-        "env.java.opts.all": java_opts,
+        # Every Flink JVM's temporary files under the state dir, not in /tmp: `flink run` zips
+        # the job's -pyfs directory there (one flink-distributed-cache-* per submission, never
+        # removed), and a killed task manager leaves the native libraries it unpacked (lz4).
+        "env.java.opts.all": f"{java_opts} -Djava.io.tmpdir={b / 'tmp'}".strip(),
         "env.pid.dir": str(b / "run"),
         "env.log.dir": str(settings.log_dir),
         "io.tmp.dirs": str(b / "tmp"),
@@ -143,9 +146,6 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
         # about a quarter (measured 18-20 -> 14 CPU s) and its RSS; task managers keep C2.
         "env.java.opts.jobmanager": " ".join(["-XX:TieredStopAtLevel=1", *_cds(settings, "jobmanager")]),
         "env.java.opts.taskmanager": " ".join(_cds(settings, "taskmanager")),
-        # `flink run` zips the job's -pyfs directory into java.io.tmpdir and leaves it there:
-        # under the state dir, not one flink-distributed-cache-* in /tmp per submission.
-        "env.java.opts.client": f"-Djava.io.tmpdir={b / 'tmp'}",
         "jobmanager.execution.failover-strategy": "region",
         "taskmanager.host": f.host,
         "taskmanager.bind-host": f.host,

@@ -124,6 +124,7 @@ def cluster_id(settings: QactlSettings) -> str:
 def write_config(settings: QactlSettings) -> None:
     base = home(settings)
     base.mkdir(parents=True, exist_ok=True)
+    (base / "tmp").mkdir(exist_ok=True)
     (base / "server.properties").write_text(server_properties(settings))
     (base / "log4j2.properties").write_text(LOG4J2)
 
@@ -152,6 +153,8 @@ def _java_argv(settings: QactlSettings, main_class: str, *args: str, jvm_flags: 
         "-XX:MaxGCPauseMillis=20",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
+        # Native libraries (lz4, zstd, snappy) are unpacked there; a killed broker leaves them.
+        f"-Djava.io.tmpdir={home(settings) / 'tmp'}",
         f"-Dlog4j2.configurationFile={home(settings) / 'log4j2.properties'}",
         "-cp",
         f"{libs_dir(settings)}/*",

@@ -53,6 +53,13 @@ def test_kafka_config_is_a_single_kraft_node_on_the_configured_ports(tmp_path: P
     assert props["auto.create.topics.enable"] == "false"
 
 
+def test_kafka_unpacks_its_native_libraries_under_the_state_dir(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    kafka.write_config(settings)
+    assert (tmp_path / "kafka" / "tmp").is_dir()
+    assert f"-Djava.io.tmpdir={tmp_path / 'kafka' / 'tmp'}" in kafka.process(settings).argv
+
+
 def test_kafka_cluster_id_is_generated_once(tmp_path: Path) -> None:
     settings = load_settings(state_dir=tmp_path)
     first = kafka.cluster_id(settings)
@@ -73,7 +80,7 @@ def test_flink_config_pins_rest_and_rpc_and_lets_the_os_pick_the_rest(tmp_path: 
     assert config["python.executable"] == sys.executable
     assert config["execution.checkpointing.dir"] == (tmp_path / "flink" / "checkpoints").as_uri()
     assert "--add-opens" in config["env.java.opts.all"]  # the bundled Java 17 flags are kept
-    assert config["env.java.opts.client"] == f"-Djava.io.tmpdir={tmp_path / 'flink' / 'tmp'}"
+    assert config["env.java.opts.all"].endswith(f" -Djava.io.tmpdir={tmp_path / 'flink' / 'tmp'}")
     assert config["pipeline.name"] == "x"
 
 
