@@ -21,6 +21,11 @@ front door under the original plan's LLM, start the stack with
 ``QACTL_GATEWAY__LATENCY_MS_MIN=800 QACTL_GATEWAY__LATENCY_MS_MAX=5000 qactl up``. Start from
 an empty backlog (``qactl down --purge``): a stack still draining earlier runs skews everything.
 
+With ``--floor`` the same load goes instead to a trivial app (bench/ingest_floor_app.py) under
+the same uvicorn, uvloop and httptools: what the server and the generator alone cost on this
+machine, with the stack still running beside them. The gap between that and the API is the
+API's own work per request.
+
 Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
 distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
 database miss, one row in ``questions``, one message produced and acknowledged by Kafka.
@@ -32,11 +37,15 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -245,7 +254,6 @@ end
 
 def run_wrk(url: str, connections: int, seconds: float, threads: int) -> int:
     import shutil
-    import subprocess
     import tempfile
 
     wrk = shutil.which("wrk")
@@ -275,12 +283,46 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--wrk", action="store_true", help="closed-loop load from wrk instead (see above)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--floor", action="store_true", help="load a trivial app under the same server instead (see above)")
     args = parser.parse_args()
     url = args.url
-    if url is None:
+    floor = None
+    if args.floor:
+        floor, url = start_floor_app()
+    elif url is None:
         from services.common.settings import get_settings
 
         url = get_settings().api.base_url
+    try:
+        measure(args, url)
+    finally:
+        if floor is not None:
+            floor.terminate()
+            floor.wait(timeout=10)
+
+
+def start_floor_app() -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn serving bench/ingest_floor_app.py on a free port, once it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "uvicorn", "ingest_floor_app:app", "--app-dir", str(Path(__file__).parent),
+            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    server = subprocess.Popen(argv)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the floor app did not start (exit code {server.returncode})")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server, f"http://127.0.0.1:{port}"
+        time.sleep(0.1)
+    server.terminate()
+    raise SystemExit("the floor app did not listen within 30 s")
+
+
+def measure(args: argparse.Namespace, url: str) -> None:
     pid = listening_pid(urlsplit(url).port or 80)
     print(f"machine: {os.cpu_count()} cores, load average {machine_load()} before the run"
           + (f"; API pid {pid}" if pid else "; API pid not found (CPU per request not measured)"))
