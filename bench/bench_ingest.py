@@ -285,6 +285,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--floor", action="store_true", help="load a trivial app under the same server instead (see above)")
     args = parser.parse_args()
+    if args.floor and args.url:
+        parser.error("--floor starts its own server: leave out --url")
     url = args.url
     floor = None
     if args.floor:
