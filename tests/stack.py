@@ -61,11 +61,15 @@ def _without_developer_settings() -> Iterator[None]:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name
 
 
+# QACTL_TEST_KEEP_STACK=1: the session stacks stay up afterwards (see the module docstring).
+KEEP_STACKS = os.environ.get("QACTL_TEST_KEEP_STACK") == "1"
+
+
 @pytest.fixture(scope="session")
 def infra_stack() -> Iterator[QactlSettings]:
     """Kafka, Flink, PostgreSQL and Redis up for the whole session; down at the end."""
     settings = test_settings()
-    with running(settings, INFRA, keep=os.environ.get("QACTL_TEST_KEEP_STACK") == "1"):
+    with running(settings, INFRA, keep=KEEP_STACKS):
         yield settings
 
 

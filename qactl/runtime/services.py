@@ -8,7 +8,6 @@ slot``) and ``QACTL_SERVICE_REPLICA``. Health is the process's own ``GET /health
 
 from __future__ import annotations
 
-
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.common.settings import QactlSettings
-from tests.stack import running, test_settings
+from tests.stack import KEEP_STACKS, running, test_settings
 
 # This directory's own port range and state dir: never the defaults, never another suite's.
 # Its stack has no Flink: the dashboard must still show the rest while Flink is missing.
@@ -20,5 +20,5 @@ def infra_settings() -> Iterator[QactlSettings]:
     stopped at the end of the session."""
     base = DASHBOARD_PORT_BASE
     settings = test_settings(base, state_dir=f"/tmp/qactl-test-{base}", policies={"delay_scale": 0.1})
-    with running(settings, COMPONENTS, keep=os.environ.get("QACTL_TEST_KEEP_STACK") == "1"):
+    with running(settings, COMPONENTS, keep=KEEP_STACKS):
         yield settings
