@@ -17,7 +17,7 @@ def main() -> None:
     setup_logging("storage-api")
     settings = get_settings()
     config = uvicorn.Config(
-        make_app(settings),
+        make_app(settings, freeze_gc=True),
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop",

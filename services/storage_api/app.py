@@ -48,6 +48,7 @@ class StorageApi:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.metrics.watch_gc()
         self.producer.start(asyncio.get_running_loop())
         await self._probe()
         self._tasks = [
@@ -67,6 +68,7 @@ class StorageApi:
         await self.store.close()
         await self.redis.drain()
         await self.redis.close()
+        self.metrics.unwatch_gc()
 
     # --- POST /query -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -94,13 +95,22 @@ def _too_large(limit: int) -> Reply:
     return error(413, "body_too_large", f"request body is larger than the limit of {limit} bytes", {"Connection": "close"})
 
 
-def make_app(settings: QactlSettings) -> ApiApp:
-    """The storage API as an ASGI app (``.fastapi`` is the FastAPI part, ``.api`` its logic)."""
+def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
+    """The storage API as an ASGI app (``.fastapi`` is the FastAPI part, ``.api`` its logic).
+
+    ``freeze_gc`` (the server process sets it) moves every object that exists once the API has
+    started (modules, FastAPI's routes, pydantic's validators, the clients) out of the garbage
+    collector's reach. They live as long as the process, and without this every full collection
+    walks them all: a 70-80 ms pause that every request in flight waits for.
+    """
     api = StorageApi(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await api.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Fine buckets at the low end: the 202 path is expected in single-digit milliseconds.
@@ -43,6 +47,24 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.gc_pause = Histogram(
+            "qactl_api_gc_pause_seconds",
+            "Pauses of the Python garbage collector in the API process, by generation: every "
+            "request in flight waits for them.",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        frozen = Gauge(
+            "qactl_api_gc_frozen_objects",
+            "Objects kept out of the collector's reach since startup (gc.freeze): what a full "
+            "collection no longer walks.",
+            registry=self.registry,
+        )
+        frozen.set_function(gc.get_freeze_count)
+        self._gc_children = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        self._gc_started = 0.0
+
         # Labelled children looked up once: a label lookup costs as much as the observation.
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.cache_step, self.database_step, self.kafka_step = (
@@ -57,3 +79,18 @@ class ApiMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def watch_gc(self) -> None:
+        """Time every collection from now on (``unwatch_gc`` stops it; the hook is process-wide)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_children[info["generation"]].observe(time.perf_counter() - self._gc_started)
