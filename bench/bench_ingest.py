@@ -23,8 +23,11 @@ an empty backlog (``qactl down --purge``): a stack still draining earlier runs s
 
 With ``--floor`` the same load goes instead to a trivial app (bench/ingest_floor_app.py) under
 the same uvicorn, uvloop and httptools: what the server and the generator alone cost on this
-machine, with the stack still running beside them. The gap between that and the API is the
-API's own work per request.
+machine, with the stack still running beside them. With ``--floor essential`` it goes to an app
+that does only the 202 path's essential work (bench/ingest_essential_app.py): one Redis read,
+one PostgreSQL claim, one produce acknowledged by Kafka, batched as the API batches them. The
+gap between that and the API is the API's own overhead; the gap between it and the target is
+what the design costs on this machine.
 
 Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
 distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
@@ -172,7 +175,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def server_sums(url: str) -> dict[str, float]:
-    """Sums and counts from the API's own /metrics: time inside the API and Kafka's ack time."""
+    """Sums and counts from the API's own /metrics: time inside the API, by step, and in its GC."""
     import urllib.request
 
     wanted = {
@@ -185,6 +188,9 @@ def server_sums(url: str) -> dict[str, float]:
         'qactl_api_step_seconds_sum{step="kafka"}': "kafka_sum",
         'qactl_api_step_seconds_count{step="kafka"}': "kafka_count",
     }
+    for generation in range(3):
+        wanted[f'qactl_api_gc_pause_seconds_sum{{generation="{generation}"}}'] = f"gc{generation}_sum"
+        wanted[f'qactl_api_gc_pause_seconds_count{{generation="{generation}"}}'] = f"gc{generation}_count"
     found = dict.fromkeys(wanted.values(), 0.0)
     try:
         text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
@@ -283,14 +289,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--wrk", action="store_true", help="closed-loop load from wrk instead (see above)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--floor", action="store_true", help="load a trivial app under the same server instead (see above)")
+    parser.add_argument(
+        "--floor", nargs="?", const="trivial", choices=sorted(FLOOR_APPS),
+        help="load a floor app under the same server instead: trivial (no work) or essential (the least work "
+             "of the 202 path); see above",
+    )
+    parser.add_argument(
+        "--steps", help="with --floor essential: a subset of cache,claim,produce,ack (default: all), to see what "
+                        "each step costs",
+    )
     args = parser.parse_args()
     if args.floor and args.url:
         parser.error("--floor starts its own server: leave out --url")
+    if args.steps and args.floor != "essential":
+        parser.error("--steps goes with --floor essential")
     url = args.url
     floor = None
     if args.floor:
-        floor, url = start_floor_app()
+        extra = {"QACTL_BENCH_FLOOR_STEPS": args.steps} if args.steps else {}
+        floor, url = start_floor_app(FLOOR_APPS[args.floor], extra)
     elif url is None:
         from services.common.settings import get_settings
 
@@ -303,15 +320,18 @@ def main() -> None:
             floor.wait(timeout=10)
 
 
-def start_floor_app() -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn serving bench/ingest_floor_app.py on a free port, once it listens."""
+FLOOR_APPS = {"trivial": "ingest_floor_app:app", "essential": "ingest_essential_app:app"}
+
+
+def start_floor_app(target: str, environment: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn serving a floor app of bench/ on a free port, once it listens."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "uvicorn", "ingest_floor_app:app", "--app-dir", str(Path(__file__).parent),
+    argv = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(Path(__file__).parent),
             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    server = subprocess.Popen(argv)
+    server = subprocess.Popen(argv, env={**os.environ, **environment})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -356,6 +376,12 @@ def measure(args: argparse.Namespace, url: str) -> None:
         )
         print(f"inside API    {sums['request_sum'] / sums['request_count'] * 1000:.2f} ms mean per accepted question"
               f" (means by step, ms: {steps})")
+    collections = ", ".join(
+        f"gen{g} {sums[f'gc{g}_count']:.0f} x {sums[f'gc{g}_sum'] / sums[f'gc{g}_count'] * 1000:.2f} ms"
+        for g in range(3) if sums[f"gc{g}_count"]
+    )
+    if collections:
+        print(f"API GC        {collections} (collections x mean pause)")
     print(f"machine       load average {machine_load()} after the run")
 
 
