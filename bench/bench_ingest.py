@@ -27,7 +27,10 @@ machine, with the stack still running beside them. With ``--floor essential`` it
 that does only the 202 path's essential work (bench/ingest_essential_app.py): one Redis read,
 one PostgreSQL claim, one produce acknowledged by Kafka, batched as the API batches them. The
 gap between that and the API is the API's own overhead; the gap between it and the target is
-what the design costs on this machine.
+what the design costs on this machine. ``--ladder`` runs them all in turn, then the API, and
+prints a table: what each step costs, and what the API adds to the essential work:
+
+    python bench/bench_ingest.py --ladder --rate 1000 --seconds 10
 
 Prints p50/p90/p99/max latency, achieved throughput and the status codes. Every question is
 distinct (a run id and a counter), so every request takes the full 202 path: cache miss,
@@ -298,22 +301,59 @@ def main() -> None:
         "--steps", help="with --floor essential: a subset of cache,claim,produce,ack (default: all), to see what "
                         "each step costs",
     )
+    parser.add_argument("--pause", type=float, default=10.0, help="with --ladder: seconds of rest between rungs")
+    parser.add_argument(
+        "--ladder", action="store_true",
+        help="the same load on each rung in turn: the trivial app, each essential step alone, all of them, "
+             "then the storage API; ends with a table (see above)",
+    )
     args = parser.parse_args()
     if args.floor and args.url:
         parser.error("--floor starts its own server: leave out --url")
     if args.steps and args.floor != "essential":
         parser.error("--steps goes with --floor essential")
+    if args.ladder and (args.floor or args.wrk):
+        parser.error("--ladder runs every floor itself, open loop: leave out --floor and --wrk")
+    if not args.ladder:
+        measure_on(args, args.floor, args.steps)
+        return
+    print("## warm-up: a broker's first acknowledged produces after `qactl up` are slow (not in the table)")
+    measure_on(args, "essential", "produce,ack")
+    rows = []
+    for label, floor, steps in LADDER:
+        time.sleep(args.pause)  # let the machine settle after the previous rung
+        print(f"\n## {label}")
+        rows.append((label, measure_on(args, floor, steps)))
+    print(f"\n{'rung':<44} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
+    for label, figures in rows:
+        print(f"{label:<44} {figures.get('p50', float('nan')):>8.2f} {figures.get('p99', float('nan')):>8.2f}"
+              f" {figures.get('cpu_ms', float('nan')):>11.3f}")
+
+
+# The rungs of --ladder: (label, floor app or None for the API, essential steps or None for all).
+LADDER = (
+    ("server alone (trivial app)", "trivial", None),
+    ("essential: Redis read only", "essential", "cache"),
+    ("essential: PostgreSQL claim only", "essential", "claim"),
+    ("essential: Kafka produce, acknowledged, only", "essential", "produce,ack"),
+    ("essential: all three", "essential", None),
+    ("storage API", None, None),
+)
+
+
+def measure_on(args: argparse.Namespace, floor_app: str | None, steps: str | None) -> dict[str, float]:
+    """Start the floor app if one is asked for, measure it (or the API), stop it."""
     url = args.url
     floor = None
-    if args.floor:
-        extra = {"QACTL_BENCH_FLOOR_STEPS": args.steps} if args.steps else {}
-        floor, url = start_floor_app(FLOOR_APPS[args.floor], extra)
+    if floor_app:
+        extra = {"QACTL_BENCH_FLOOR_STEPS": steps} if steps else {}
+        floor, url = start_floor_app(FLOOR_APPS[floor_app], extra)
     elif url is None:
         from services.common.settings import get_settings
 
         url = get_settings().api.base_url
     try:
-        measure(args, url)
+        return measure(args, url)
     finally:
         if floor is not None:
             floor.terminate()
@@ -344,7 +384,9 @@ def start_floor_app(target: str, environment: dict[str, str]) -> tuple[subproces
     raise SystemExit("the floor app did not listen within 30 s")
 
 
-def measure(args: argparse.Namespace, url: str) -> None:
+def measure(args: argparse.Namespace, url: str) -> dict[str, float]:
+    """Load ``url`` as the arguments say and print what was measured; returns p50, p99, cpu_ms."""
+    figures: dict[str, float] = {}
     pid = listening_pid(urlsplit(url).port or 80)
     print(f"machine: {os.cpu_count()} cores, load average {machine_load()} before the run"
           + (f"; API pid {pid}" if pid else "; API pid not found (CPU per request not measured)"))
@@ -365,9 +407,13 @@ def measure(args: argparse.Namespace, url: str) -> None:
         results = runner(run(url, args.rate, total, args.connections, args.warmup))
         report(results, args.rate)
         requests = len(results.latencies_ms) + args.warmup
+        latencies = sorted(results.latencies_ms)
+        if latencies:
+            figures.update(p50=percentile(latencies, 0.50), p99=percentile(latencies, 0.99))
     cpu_after = cpu_seconds(pid)
     if cpu_before is not None and cpu_after is not None and requests:
-        print(f"API CPU       {(cpu_after - cpu_before) / requests * 1000:.3f} ms per request (all its threads)")
+        figures["cpu_ms"] = (cpu_after - cpu_before) / requests * 1000
+        print(f"API CPU       {figures['cpu_ms']:.3f} ms per request (all its threads)")
     sums = {k: v - sums_before[k] for k, v in server_sums(url).items()}
     if sums["request_count"]:
         steps = ", ".join(
@@ -383,6 +429,7 @@ def measure(args: argparse.Namespace, url: str) -> None:
     if collections:
         print(f"API GC        {collections} (collections x mean pause)")
     print(f"machine       load average {machine_load()} after the run")
+    return figures
 
 
 if __name__ == "__main__":
