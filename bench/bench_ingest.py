@@ -55,6 +55,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
+FLOOR_APPS = {"trivial": "ingest_floor_app:app", "essential": "ingest_essential_app:app"}
+
+
+# The rungs of --ladder: (label, floor app or None for the API, essential steps or None for all).
+LADDER = (
+    ("server alone (trivial app)", "trivial", None),
+    ("essential: Redis read only", "essential", "cache"),
+    ("essential: PostgreSQL claim only", "essential", "claim"),
+    ("essential: Kafka produce, acknowledged, only", "essential", "produce,ack"),
+    ("essential: all three", "essential", None),
+    ("storage API", None, None),
+)
+
+
 @dataclass
 class Results:
     latencies_ms: list[float] = field(default_factory=list)
@@ -330,17 +344,6 @@ def main() -> None:
               f" {figures.get('cpu_ms', float('nan')):>11.3f}")
 
 
-# The rungs of --ladder: (label, floor app or None for the API, essential steps or None for all).
-LADDER = (
-    ("server alone (trivial app)", "trivial", None),
-    ("essential: Redis read only", "essential", "cache"),
-    ("essential: PostgreSQL claim only", "essential", "claim"),
-    ("essential: Kafka produce, acknowledged, only", "essential", "produce,ack"),
-    ("essential: all three", "essential", None),
-    ("storage API", None, None),
-)
-
-
 def measure_on(args: argparse.Namespace, floor_app: str | None, steps: str | None) -> dict[str, float]:
     """Start the floor app if one is asked for, measure it (or the API), stop it."""
     url = args.url
@@ -358,9 +361,6 @@ def measure_on(args: argparse.Namespace, floor_app: str | None, steps: str | Non
         if floor is not None:
             floor.terminate()
             floor.wait(timeout=10)
-
-
-FLOOR_APPS = {"trivial": "ingest_floor_app:app", "essential": "ingest_essential_app:app"}
 
 
 def start_floor_app(target: str, environment: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
