@@ -149,7 +149,11 @@ class LeanRedis(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._parser.feed(data)
         while (reply := self._parser.gets()) is not False:
-            self._waiting.popleft().set_result(reply)
+            waiter = self._waiting.popleft()
+            if isinstance(reply, hiredis.ReplyError):  # e.g. NOAUTH: this client sends no password
+                waiter.set_exception(ConnectionError(f"redis: {reply}"))
+            else:
+                waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         while self._waiting:
