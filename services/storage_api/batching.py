@@ -58,6 +58,8 @@ class MicroBatcher(Generic[T, R]):
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]], loop: asyncio.AbstractEventLoop) -> None:
         try:
             results = await self._run([item for item, _ in batch])
+            if len(results) != len(batch):  # a caller left without its result would wait forever
+                raise RuntimeError(f"a batch of {len(batch)} call(s) got {len(results)} result(s)")
         except Exception as exc:  # every caller of the batch gets the failure
             for _, future in batch:
                 if not future.done():

@@ -97,3 +97,17 @@ def test_no_more_batches_in_flight_than_allowed(in_flight: int) -> None:
 
     asyncio.run(main())
     assert peak == in_flight
+
+
+def test_a_batch_that_returns_too_few_results_fails_its_callers_instead_of_leaving_them_waiting() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async def main() -> list[object]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(short)
+        calls = [batcher.submit(i) for i in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+
+    outcomes = asyncio.run(main())
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, RuntimeError) and "3 call(s) got 2" in str(outcome) for outcome in outcomes)
