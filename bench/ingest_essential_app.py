@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import hashlib
 import json
 import os
 import threading
@@ -41,8 +40,10 @@ from confluent_kafka import KafkaError
 from services.common import topics
 from services.common.cache import cache_key
 from services.common.kafka import make_producer
+from services.common.schemas import question_id_for
 from services.common.settings import get_settings
 from services.storage_api.batching import MicroBatcher
+from services.storage_api.producer import DELIVERY_TIMEOUT_MS
 
 CLAIM = """
 INSERT INTO bench_floor_claims (question_id, question, submitted_at)
@@ -66,8 +67,9 @@ class Essential:
         self.pool: asyncpg.Pool | None = None
         self.reads: MicroBatcher[str, bytes | None] = MicroBatcher(self.redis.mget, max_in_flight=2)
         self.claims: MicroBatcher[tuple[str, str, datetime], bool] = MicroBatcher(self._claim, max_in_flight=3)
-        self.producer = make_producer(
-            self.settings, "bench-floor", **{"linger.ms": 2, "socket.nagle.disable": True, "message.timeout.ms": 5000}
+        self.producer = make_producer(  # configured as the API's producer
+            self.settings, "bench-floor",
+            **{"linger.ms": 2, "socket.nagle.disable": True, "message.timeout.ms": DELIVERY_TIMEOUT_MS},
         )
         self._delivered: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._stop = threading.Event()
@@ -112,7 +114,7 @@ class Essential:
             question = json.loads(body)["question"].strip()
         except (ValueError, KeyError, TypeError, AttributeError):
             return 400, b'{"error":"bad_input"}'
-        question_id = "q-" + hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()[:20]
+        question_id = question_id_for(question)
         if "cache" in self.steps and await self.reads.submit(cache_key(question_id)) is not None:
             return 200, b'{"cached":true}'
         now = datetime.now(UTC)
