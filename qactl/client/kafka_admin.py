@@ -97,22 +97,27 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
 
     ``create_topics`` returns once the controller has recorded a topic, a moment before the
     broker leads its partitions; until then produce and list_offsets answer NOT_LEADER or
-    LEADER_NOT_AVAILABLE, and metadata may already name the leader. So ask for the end offsets,
-    which only the serving leader answers.
+    LEADER_NOT_AVAILABLE, and metadata may already name the leader. Earlier still, the broker's
+    metadata may not hold the topic at all. So ask for the end offsets, which only the serving
+    leader answers, until every partition has answered or ``timeout`` has passed.
     """
     deadline = time.monotonic() + timeout
     waiting = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
     last: Exception | None = None
     while waiting:
-        futures = client.list_offsets({tp: OffsetSpec.latest() for tp in waiting}, request_timeout=timeout)
+        left = max(deadline - time.monotonic(), 0.5)
+        futures = client.list_offsets({tp: OffsetSpec.latest() for tp in waiting}, request_timeout=left)
         pending = []
         for tp, future in futures.items():
             try:
-                future.result(timeout)
+                future.result(left + 1)
             except KafkaException as exc:
                 if not exc.args[0].retriable() and exc.args[0].name() not in _NOT_YET_LED:
                     raise QactlError(f"Kafka topic {tp.topic}[{tp.partition}]: {exc}") from exc
                 last = exc
+                pending.append(tp)
+            except TimeoutError:  # no answer in time: the deadline decides
+                last = TimeoutError("no answer from the broker")
                 pending.append(tp)
         waiting = pending
         if waiting and time.monotonic() >= deadline:
@@ -122,7 +127,13 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
             time.sleep(0.1)
 
 
-_NOT_YET_LED = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "UNKNOWN_LEADER_EPOCH"}
+_NOT_YET_LED = {
+    "NOT_LEADER_FOR_PARTITION",
+    "LEADER_NOT_AVAILABLE",
+    "UNKNOWN_TOPIC_OR_PART",
+    "UNKNOWN_LEADER_EPOCH",
+    "_NOENT",  # librdkafka's "No leaders found": the broker's metadata does not hold the topic yet
+}
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 5.0, client: AdminClient | None = None) -> dict[int, int]:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from confluent_kafka import Consumer, Producer
 
 from qactl.client import kafka_admin, pg, redis_client
 from qactl.client.flink_rest import FlinkRest
+from qactl.errors import QactlError
 from qactl.runtime import flink
 from qactl.runtime.stack import Stack
 from qactl.runtime.supervisor import Supervisor, port_is_listening
@@ -115,6 +117,27 @@ def test_created_topics_have_their_leaders_when_ensure_topics_returns(infra_stac
     kafka_admin.ensure_topics(bootstrap, [Topic(name, 3, "test") for name in names])
     for name in names:
         assert kafka_admin.end_offsets(bootstrap, name) == {0: 0, 1: 0, 2: 0}
+
+
+def test_waiting_for_leaders_outlasts_a_topic_the_broker_does_not_know_yet(infra_stack: QactlSettings) -> None:
+    # Right after create_topics the broker's metadata may not hold the topic yet, and librdkafka
+    # then answers _NOENT ("No leaders found"); a CI run once failed `qactl up` on it.
+    bootstrap = infra_stack.kafka.bootstrap
+    topic = Topic(f"test-late-{uuid.uuid4().hex[:8]}", 2, "test")
+    creator = threading.Timer(1.0, kafka_admin.ensure_topics, (bootstrap, [topic]))
+    creator.start()
+    try:
+        kafka_admin.wait_for_leaders(kafka_admin.admin(bootstrap), [topic], timeout=30)
+    finally:
+        creator.join()
+    assert kafka_admin.end_offsets(bootstrap, topic.name) == {0: 0, 1: 0}
+
+
+def test_waiting_for_leaders_of_a_topic_never_created_ends_with_its_name(infra_stack: QactlSettings) -> None:
+    name = f"test-never-{uuid.uuid4().hex[:8]}"
+    client = kafka_admin.admin(infra_stack.kafka.bootstrap)
+    with pytest.raises(QactlError, match=f"not served by a leader after 2 s: {name}"):
+        kafka_admin.wait_for_leaders(client, [Topic(name, 1, "test")], timeout=2)
 
 
 # --- Flink ---
