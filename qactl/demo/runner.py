@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from qactl.client.api import QuestionStatus, StorageApiClient, Submission
-from qactl.client.gateway import GatewayClient, describe_rule
+from qactl.client.fault_presets import describe_rule
+from qactl.client.gateway import GatewayClient
 from qactl.demo import stack_access
 from qactl.demo.cases import Ask, Case, load_cases
 from qactl.demo.paths import compare, explain, hop_label, observed_path, policy_delay_bounds

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from qactl.client.gateway import PRESETS, GatewayClient, GatewayFaultInjector, describe_rule
+from qactl.client.fault_presets import PRESETS, describe_rule
+from qactl.client.gateway import GatewayClient, GatewayFaultInjector
 from qactl.errors import ConfigError, RequestRejected, StackNotRunning
 from tests.services.llm_gateway.server import ADMIN_TOKEN, RunningGateway, free_port, running_gateway
 
