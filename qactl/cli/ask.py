@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -12,8 +12,10 @@ from rich.panel import Panel
 from rich.text import Text
 
 from qactl.cli.common import console, settings
-from qactl.client.api import QuestionStatus, StorageApiClient, Submission
 from services.common.schemas import Hop, Stage
+
+if TYPE_CHECKING:
+    from qactl.client.api import QuestionStatus, StorageApiClient, Submission
 
 app = typer.Typer()
 
@@ -125,6 +127,8 @@ def ask(
     Exit code: 0 validated (or accepted, without --follow), 2 low_quality, 3 failed,
     4 still in flight at --timeout, 1 when the API is not up or refuses the question.
     """
+    from qactl.client.api import StorageApiClient
+
     with StorageApiClient(settings().api.base_url) as client:
         submission = client.submit(question, reference)
         if as_json and not (follow_ and not submission.answered):

@@ -7,7 +7,7 @@ is not up (or another expected failure stopped the run).
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -16,8 +16,9 @@ from rich.text import Text
 
 from qactl.cli.ask import describe_hop
 from qactl.cli.common import console, settings
-from qactl.demo.cases import case_names
-from qactl.demo.runner import DemoEvent, run_cases
+
+if TYPE_CHECKING:
+    from qactl.demo.runner import DemoEvent
 
 app = typer.Typer()
 
@@ -54,6 +55,8 @@ def narrate(event: DemoEvent) -> None:
 
 
 def _complete(incomplete: str) -> list[str]:
+    from qactl.demo.cases import case_names
+
     return [n for n in [*case_names(), "all"] if n.startswith(incomplete)]
 
 
@@ -74,6 +77,8 @@ def demo(
 
     Each case injects its faults through the LLM gateway, asks its question through the storage API, follows /status and compares the path taken with the expected one. Exit 0 only if every expected path happened, 2 if one did not, 1 if the stack is not up.
     """
+    from qactl.demo.runner import run_cases
+
     results = run_cases(settings(), list(cases), listener=(lambda _e: None) if as_json else narrate)
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results], default=str))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
 
 from qactl.cli.common import console, settings
-from qactl.client.gateway import PRESETS, GatewayClient, describe_rule
+from qactl.client.fault_presets import PRESETS, describe_rule
 from qactl.errors import ConfigError
 from services.llm_gateway.faults import FaultRule
+
+if TYPE_CHECKING:
+    from qactl.client.gateway import GatewayClient
 
 app = typer.Typer(name="gateway", help="Inject faults into the built-in LLM gateway and read its call statistics.")
 
@@ -20,6 +23,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 
 
 def _client() -> GatewayClient:
+    from qactl.client.gateway import GatewayClient
+
     return GatewayClient.from_settings(settings())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.live import Live
@@ -14,10 +14,17 @@ from rich.table import Table
 
 from qactl.cli.common import console, settings
 from qactl.errors import QactlError
-from qactl.runtime.stack import ComponentStatus, Stack
-from services.common.settings import get_settings
+
+if TYPE_CHECKING:
+    from qactl.runtime.stack import ComponentStatus, Stack
 
 app = typer.Typer()
+
+
+def _stack(only: Optional[list[str]] = None) -> Stack:
+    from qactl.runtime.stack import Stack
+
+    return Stack(settings(), only=only)
 
 _PHASE_STYLE = {
     "ready": "[green]ready[/]",
@@ -81,9 +88,11 @@ def up(
     if profile == "demo":
         # Set before the settings are read: the services are handed those settings, demo profile included.
         os.environ["QACTL_POLICIES__DELAY_SCALE"] = str(DEMO_DELAY_SCALE)
+        from services.common.settings import get_settings
+
         get_settings.cache_clear()
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
-    stack = Stack(settings(), only=only)
+    stack = _stack(only)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
@@ -112,7 +121,7 @@ def down(
     only: OnlyOption = None,
 ) -> None:
     """Stop everything `qactl up` started, last first (graceful, then forced)."""
-    stack = Stack(settings(), only=only)
+    stack = _stack(only)
     stopped = stack.down(purge=purge, events=lambda c, phase, d: _say_down(c, phase, d))
     console.print(f"stopped {len(stopped)} process(es)" + (" and removed the state" if purge else ""))
 
@@ -131,7 +140,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show every component: state, pid, port, health. Exit code 1 when anything is unhealthy."""
-    stack = Stack(settings())
+    stack = _stack()
     statuses = stack.status()
     if as_json:
         typer.echo(json.dumps([_status_dict(s) for s in statuses], indent=2, default=str))
@@ -179,7 +188,7 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
 ) -> None:
     """Print a process's log file (under the state dir's logs/)."""
-    stack = Stack(settings())
+    stack = _stack()
     path = _log_path(stack, name)
     typer.echo(stack.supervisor.tail(path.stem, lines))
     if follow:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,10 +18,10 @@ from rich.table import Table
 
 from qactl.cli.common import console, err_console, settings
 from qactl.errors import ConfigError
-from qactl.traffic import questions as question_sets
-from qactl.traffic.runner import RunResult, Sample, run_async, run_sync
-from qactl.traffic.stats import Summary, summarize
-from qactl.traffic.store import record_run
+
+if TYPE_CHECKING:
+    from qactl.traffic.runner import RunResult, Sample
+    from qactl.traffic.stats import Summary
 
 app = typer.Typer()
 
@@ -115,6 +115,11 @@ def traffic(
     """
     if no_pipeline and not sync_baseline:
         raise ConfigError("--no-pipeline leaves nothing to run; add --sync-baseline")
+    from qactl.traffic import questions as question_sets
+    from qactl.traffic.runner import run_async, run_sync
+    from qactl.traffic.stats import summarize
+    from qactl.traffic.store import record_run
+
     current = settings()
     base = question_sets.load_questions(file) if file is not None else question_sets.knowledge_base_questions()
     chosen = question_sets.take(base, count)
