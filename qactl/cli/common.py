@@ -1,7 +1,8 @@
 """What every command module shares: the console, the settings, the edge where errors stop.
 
-The command modules import their clients (httpx, redis, psycopg2, the settings' pydantic) inside
-the commands that use them: `qactl --help` and a command's own help then start without them.
+The command modules import their clients (httpx, redis, Kafka's) and the settings
+(pydantic-settings) inside the commands that use them, so `qactl --help`, `--version` and a
+command's own help start without them.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ def _stack(only: Optional[list[str]] = None) -> Stack:
 
     return Stack(settings(), only=only)
 
+
 _PHASE_STYLE = {
     "ready": "[green]ready[/]",
     "unchanged": "[green]running[/] (unchanged)",
