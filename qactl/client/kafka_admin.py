@@ -100,21 +100,33 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
     LEADER_NOT_AVAILABLE, and metadata may already name the leader. Earlier still, the broker's
     metadata may not hold the topic at all. So ask for the end offsets, which only the serving
     leader answers, until every partition has answered or ``timeout`` has passed.
+
+    librdkafka answers a topic its metadata cache holds as unknown with _NOENT, from the cache,
+    without asking again; on a loaded box that entry outlived a 20 s wait. So a round that got
+    _NOENT asks the broker for fresh metadata before the next.
     """
     deadline = time.monotonic() + timeout
     waiting = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
     last: Exception | None = None
+    refresh = False
     while waiting:
         left = max(deadline - time.monotonic(), 0.5)
+        if refresh:
+            try:
+                client.list_topics(timeout=left)
+            except KafkaException as exc:  # the deadline decides
+                last = exc
+        refresh = False
         futures = client.list_offsets({tp: OffsetSpec.latest() for tp in waiting}, request_timeout=left)
         pending = []
         for tp, future in futures.items():
             try:
                 future.result(left + 1)
             except KafkaException as exc:
-                if not exc.args[0].retriable() and exc.args[0].name() not in _NOT_YET_LED:
+                if not exc.args[0].retriable() and exc.args[0].name() not in _WAITED_OUT:
                     raise QactlError(f"Kafka topic {tp.topic}[{tp.partition}]: {exc}") from exc
                 last = exc
+                refresh = refresh or exc.args[0].name() == "_NOENT"
                 pending.append(tp)
             except TimeoutError:  # no answer in time: the deadline decides
                 last = TimeoutError("no answer from the broker")
@@ -127,12 +139,15 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
             time.sleep(0.1)
 
 
-_NOT_YET_LED = {
+# The answers wait_for_leaders retries until its deadline: the partition is not led yet, or no
+# answer came in the round's time.
+_WAITED_OUT = {
     "NOT_LEADER_FOR_PARTITION",
     "LEADER_NOT_AVAILABLE",
     "UNKNOWN_TOPIC_OR_PART",
     "UNKNOWN_LEADER_EPOCH",
-    "_NOENT",  # librdkafka's "No leaders found": the broker's metadata does not hold the topic yet
+    "_NOENT",  # librdkafka's "No leaders found": its metadata does not hold the topic yet
+    "_TIMED_OUT",
 }
 
 
