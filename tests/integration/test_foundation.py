@@ -121,7 +121,8 @@ def test_created_topics_have_their_leaders_when_ensure_topics_returns(infra_stac
 
 def test_waiting_for_leaders_outlasts_a_topic_the_broker_does_not_know_yet(infra_stack: QactlSettings) -> None:
     # Right after create_topics the broker's metadata may not hold the topic yet, and librdkafka
-    # then answers _NOENT ("No leaders found"); a CI run once failed `qactl up` on it.
+    # then answers _NOENT ("No leaders found"), and may keep answering it from its cache; a CI
+    # run once failed `qactl up` on it. Here the first rounds ask before the topic exists.
     bootstrap = infra_stack.kafka.bootstrap
     topic = Topic(f"test-late-{uuid.uuid4().hex[:8]}", 2, "test")
     creator = threading.Timer(1.0, kafka_admin.ensure_topics, (bootstrap, [topic]))

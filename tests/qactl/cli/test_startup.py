@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-# Each costs 0.05-0.3 s to import here; together they once made every command take a second.
+# Loaded at startup, they made `qactl --version` take 0.85-1.1 s here instead of 0.43 s.
 HEAVY = ("httpx", "redis", "pydantic_settings", "confluent_kafka", "asyncpg", "textual")
 
 
