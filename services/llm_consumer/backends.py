@@ -1,6 +1,6 @@
-"""The LLM clients of the llm-consumer: Ollama, OpenAI-compatible, and the built-in gateway.
+"""The LLM clients of the llm-consumer: the local model server, Ollama, OpenAI-compatible, the simulator.
 
-One interface, ``await backend.generate(prompt) -> LLMResult``; every failure is an
+One interface, ``await backend.generate(prompt, attempt) -> LLMResult``; every failure is an
 ``LLMCallError`` carrying the ``ErrorInfo`` that routes it:
 
 - 429, 503, other 5xx, timeouts, refused or broken connections -> ``overload``
@@ -10,10 +10,17 @@ One interface, ``await backend.generate(prompt) -> LLMResult``; every failure is
 
 ``Retry-After`` (seconds or an HTTP date; OpenAI's ``retry-after-ms`` too) becomes
 ``retry_after_seconds``.
+
+Every attempt is a new sample: ``Sampling`` gives attempt *n* (0 = the first answer, then each
+regeneration) its own temperature and seed, so a regeneration is not the same text again. The
+local model server and the simulator are reached through the built-in gateway, which injects
+faults in front of them; Ollama and OpenAI directly (or through the gateway when
+``gateway.upstream_url`` names them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,13 +31,35 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr
 
+from services.common.prompts import SYSTEM
 from services.common.schemas import ErrorInfo, ErrorKind
-from services.common.settings import QactlSettings
+from services.common.settings import LLMSettings, QactlSettings
 
 # Sent by the built-in gateway, so that "auto" does not mistake it for a real Ollama.
 GATEWAY_HEADER = "x-qactl-gateway"
 QUOTA_CODES = frozenset({"insufficient_quota"})
-BackendKind = Literal["ollama", "openai", "gateway"]
+BackendKind = Literal["local", "ollama", "openai", "simulated"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How attempt ``n`` samples: hotter and with another seed for each regeneration."""
+
+    max_tokens: int = 70
+    temperature: float = 0.7
+    temperature_step: float = 0.15
+
+    @classmethod
+    def from_settings(cls, llm: LLMSettings) -> "Sampling":
+        return cls(llm.max_tokens, llm.temperature, llm.regeneration_temperature_step)
+
+    def temperature_for(self, attempt: int) -> float:
+        return round(min(2.0, self.temperature + attempt * self.temperature_step), 3)
+
+    @staticmethod
+    def seed_for(prompt: str, attempt: int) -> int:
+        """Stable for one prompt and attempt (a retry after a 503 asks the same), new for the next."""
+        return int.from_bytes(hashlib.sha256(f"{attempt}\0{prompt}".encode()).digest()[:4], "big")
 
 
 @dataclass(frozen=True)
@@ -118,10 +147,11 @@ class LLMBackend(ABC):
 
     name: str = "llm"
 
-    def __init__(self, base_url: str, model: str, timeout_seconds: float) -> None:
+    def __init__(self, base_url: str, model: str, timeout_seconds: float, sampling: Sampling | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_seconds = timeout_seconds
+        self.sampling = sampling or Sampling()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds)),
             # Idle connections are dropped before common servers' keep-alive ends (uvicorn: 5 s),
@@ -134,15 +164,15 @@ class LLMBackend(ABC):
         return f"{self.name} at {self.base_url} (model {self.model})"
 
     @abstractmethod
-    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    def _request(self, prompt: str, attempt: int) -> tuple[str, dict[str, Any], dict[str, str]]:
         """(url, JSON body, headers) of one call."""
 
     @abstractmethod
     def _answer(self, body: Any) -> tuple[str, str | None]:
         """(answer, model) out of a 200 body; raises KeyError/TypeError/ValueError if malformed."""
 
-    async def generate(self, prompt: str) -> LLMResult:
-        url, payload, headers = self._request(prompt)
+    async def generate(self, prompt: str, attempt: int = 0) -> LLMResult:
+        url, payload, headers = self._request(prompt, attempt)
         started = time.perf_counter()
         try:
             response = await self._client.post(url, json=payload, headers=headers)
@@ -188,8 +218,13 @@ class OllamaBackend(LLMBackend):
 
     name = "ollama"
 
-    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-        return f"{self.base_url}/api/generate", {"model": self.model, "prompt": prompt, "stream": False}, {}
+    def _request(self, prompt: str, attempt: int) -> tuple[str, dict[str, Any], dict[str, str]]:
+        options = {
+            "num_predict": self.sampling.max_tokens,
+            "temperature": self.sampling.temperature_for(attempt),
+            "seed": self.sampling.seed_for(prompt, attempt),
+        }
+        return f"{self.base_url}/api/generate", {"model": self.model, "prompt": prompt, "stream": False, "options": options}, {}
 
     def _answer(self, body: Any) -> tuple[str, str | None]:
         if "error" in body:
@@ -197,10 +232,10 @@ class OllamaBackend(LLMBackend):
         return str(body["response"]), body.get("model")
 
 
-class GatewayBackend(OllamaBackend):
-    """The built-in gateway, spoken to in the Ollama protocol."""
+class SimulatedBackend(OllamaBackend):
+    """The built-in gateway's simulator, spoken to in the Ollama protocol."""
 
-    name = "gateway"
+    name = "simulated"
 
 
 class OpenAIBackend(LLMBackend):
@@ -208,13 +243,27 @@ class OpenAIBackend(LLMBackend):
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, timeout_seconds: float, api_key: SecretStr | None = None) -> None:
-        super().__init__(base_url, model, timeout_seconds)
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        timeout_seconds: float,
+        api_key: SecretStr | None = None,
+        sampling: Sampling | None = None,
+    ) -> None:
+        super().__init__(base_url, model, timeout_seconds, sampling)
         self._api_key = api_key
 
-    def _request(self, prompt: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    def _request(self, prompt: str, attempt: int) -> tuple[str, dict[str, Any], dict[str, str]]:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
-        payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "stream": False}
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+            "stream": False,
+            "max_tokens": self.sampling.max_tokens,
+            "temperature": self.sampling.temperature_for(attempt),
+            "seed": self.sampling.seed_for(prompt, attempt),
+        }
         return f"{self.base_url}/chat/completions", payload, headers
 
     def _answer(self, body: Any) -> tuple[str, str | None]:
@@ -222,6 +271,12 @@ class OpenAIBackend(LLMBackend):
         if content is None:
             raise ValueError("choice without content")
         return str(content), body.get("model")
+
+
+class LocalBackend(OpenAIBackend):
+    """The local model server (llama.cpp), reached through the gateway's OpenAI endpoint."""
+
+    name = "local"
 
 
 # --- choosing one ---
@@ -256,18 +311,18 @@ def _ollama_model(wanted: str, available: tuple[str, ...]) -> str | None:
     return available[0] if available else None
 
 
-def _auto(settings: QactlSettings, probe_timeout: float) -> tuple[BackendKind, str, str, str]:
-    """(kind, base URL, model, why) for backend "auto"."""
-    llm, gateway = settings.llm, settings.gateway
+def _auto(settings: QactlSettings, probe_timeout: float) -> tuple[BackendKind, str, str]:
+    """(kind, model, why) for backend "auto": a real Ollama with a model, else the local model server."""
+    llm = settings.llm
     probe = probe_ollama(llm.ollama_url, probe_timeout)
     if probe.answered and not probe.is_gateway:
         model = _ollama_model(llm.model, probe.models)
         if model is not None:
-            return "ollama", llm.ollama_url, model, "auto: Ollama answered"
-        return "gateway", gateway.base_url, llm.model, f"auto: Ollama at {llm.ollama_url} has no model"
+            return "ollama", model, "auto: Ollama answered"
+        return "local", llm.model, f"auto: Ollama at {llm.ollama_url} has no model"
     if probe.answered:
-        return "gateway", llm.ollama_url, llm.model, "auto: the built-in gateway answered at the Ollama URL"
-    return "gateway", gateway.base_url, llm.model, f"auto: no Ollama at {llm.ollama_url}"
+        return "local", llm.model, "auto: the built-in gateway, not an Ollama, answered at the Ollama URL"
+    return "local", llm.model, f"auto: no Ollama at {llm.ollama_url}"
 
 
 def resolve_backend_kind(settings: QactlSettings, probe_timeout: float = 1.0) -> BackendKind:
@@ -277,19 +332,40 @@ def resolve_backend_kind(settings: QactlSettings, probe_timeout: float = 1.0) ->
     return _auto(settings, probe_timeout)[0]
 
 
+def gateway_upstream(settings: QactlSettings, kind: BackendKind) -> str | None:
+    """The real LLM the gateway forwards to: the configured one, else the local model server."""
+    if settings.gateway.upstream_url:
+        return settings.gateway.upstream_url
+    return settings.llm_server.base_url if kind == "local" else None
+
+
+def consumer_concurrency(settings: QactlSettings, kind: BackendKind) -> int:
+    """Calls in flight per consumer replica: enough to keep the local server's slots busy
+    (one call more than its slots over all replicas, so a slot never waits for the next
+    request), and no more, or calls queue inside the server and time out there."""
+    if settings.llm.concurrency is not None:
+        return settings.llm.concurrency
+    if kind != "local":
+        return 8
+    replicas = max(1, settings.services.llm_consumer_replicas)
+    return max(1, -(-(settings.llm_server.slots + 1) // replicas))
+
+
 def choose_backend(settings: QactlSettings, probe_timeout: float = 1.0) -> tuple[LLMBackend, str]:
     """The backend of the settings, and a one-line description for logs and ``qactl status``."""
     llm = settings.llm
+    sampling = Sampling.from_settings(llm)
+    kind, model, why = llm.backend, llm.model, ""
+    if kind == "auto":
+        kind, model, why = _auto(settings, probe_timeout)
     backend: LLMBackend
-    if llm.backend == "openai":
-        backend = OpenAIBackend(llm.openai_base_url, llm.model, llm.timeout_seconds, llm.openai_api_key)
-        return backend, backend.description
-    if llm.backend == "ollama":
-        backend = OllamaBackend(llm.ollama_url, llm.model, llm.timeout_seconds)
-        return backend, backend.description
-    if llm.backend == "gateway":
-        backend = GatewayBackend(settings.gateway.base_url, llm.model, llm.timeout_seconds)
-        return backend, backend.description
-    kind, url, model, why = _auto(settings, probe_timeout)
-    backend = (OllamaBackend if kind == "ollama" else GatewayBackend)(url, model, llm.timeout_seconds)
-    return backend, f"{backend.description} [{why}]"
+    if kind == "openai":
+        backend = OpenAIBackend(llm.openai_base_url, model, llm.timeout_seconds, llm.openai_api_key, sampling)
+    elif kind == "ollama":
+        backend = OllamaBackend(llm.ollama_url, model, llm.timeout_seconds, sampling)
+    elif kind == "local":
+        gateway_v1 = f"{settings.gateway.base_url}/v1"
+        backend = LocalBackend(gateway_v1, settings.llm_server.alias, llm.timeout_seconds, sampling=sampling)
+    else:
+        backend = SimulatedBackend(settings.gateway.base_url, llm.model, llm.timeout_seconds, sampling)
+    return backend, backend.description + (f" [{why}]" if why else "")

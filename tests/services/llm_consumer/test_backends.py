@@ -15,12 +15,16 @@ from services.common.prompts import build_prompt
 from services.common.schemas import ErrorInfo, ErrorKind
 from services.common.settings import load_settings
 from services.llm_consumer.backends import (
-    GatewayBackend,
     LLMBackend,
+    LocalBackend,
     LLMCallError,
     OllamaBackend,
     OpenAIBackend,
+    Sampling,
+    SimulatedBackend,
     choose_backend,
+    consumer_concurrency,
+    gateway_upstream,
     parse_retry_after,
     resolve_backend_kind,
 )
@@ -40,8 +44,8 @@ def gateway() -> Iterator[RunningGateway]:
 def backend_for(kind: str, url: str, timeout: float = 5.0) -> LLMBackend:
     if kind == "openai":
         return OpenAIBackend(f"{url}/v1", "qactl-sim", timeout, SecretStr("sk-test"))
-    if kind == "gateway":
-        return GatewayBackend(url, "qactl-sim", timeout)
+    if kind == "simulated":
+        return SimulatedBackend(url, "qactl-sim", timeout)
     return OllamaBackend(url, "qactl-sim", timeout)
 
 
@@ -52,7 +56,7 @@ async def failure(backend: LLMBackend) -> ErrorInfo:
     return caught.value.info
 
 
-KINDS = ["ollama", "gateway", "openai"]
+KINDS = ["ollama", "simulated", "openai"]
 
 
 # --- answers ---
@@ -190,18 +194,20 @@ def settings_with(**llm: Any) -> Any:
     return load_settings(llm={"model": "qactl-sim", **llm}, gateway={"host": "127.0.0.1", "port": 11435})
 
 
-def test_auto_without_ollama_uses_the_gateway() -> None:
+def test_auto_without_ollama_uses_the_local_model_through_the_gateway() -> None:
     settings = settings_with(backend="auto", ollama_url=f"http://127.0.0.1:{free_port()}")
     backend, description = choose_backend(settings, probe_timeout=0.5)
-    assert isinstance(backend, GatewayBackend) and backend.base_url == "http://127.0.0.1:11435"
-    assert "gateway at http://127.0.0.1:11435" in description and "no Ollama" in description
-    assert resolve_backend_kind(settings, probe_timeout=0.5) == "gateway"
+    assert isinstance(backend, LocalBackend) and backend.base_url == "http://127.0.0.1:11435/v1"
+    assert backend.model == settings.llm_server.alias
+    assert "local at http://127.0.0.1:11435/v1" in description and "no Ollama" in description
+    assert resolve_backend_kind(settings, probe_timeout=0.5) == "local"
+    assert gateway_upstream(settings, "local") == settings.llm_server.base_url
 
 
-def test_auto_recognises_the_gateway_at_the_ollama_url(gateway: RunningGateway) -> None:
+def test_auto_does_not_take_the_gateway_at_the_ollama_url_for_an_ollama(gateway: RunningGateway) -> None:
     backend, description = choose_backend(settings_with(backend="auto", ollama_url=gateway.url))
-    assert isinstance(backend, GatewayBackend) and backend.base_url == gateway.url
-    assert "built-in gateway answered" in description
+    assert isinstance(backend, LocalBackend)
+    assert "built-in gateway, not an Ollama" in description
 
 
 @pytest.mark.parametrize(
@@ -218,10 +224,10 @@ def test_auto_with_a_real_ollama_uses_it(models: list[str], configured: str, cho
     assert description.startswith(f"ollama at {url} (model {chosen})")
 
 
-def test_auto_with_an_ollama_without_models_falls_back_to_the_gateway() -> None:
+def test_auto_with_an_ollama_without_models_falls_back_to_the_local_model() -> None:
     with scripted_server(Script(body={"models": []})) as url:
         backend, description = choose_backend(settings_with(backend="auto", ollama_url=url))
-    assert isinstance(backend, GatewayBackend) and "has no model" in description
+    assert isinstance(backend, LocalBackend) and "has no model" in description
 
 
 def test_explicit_backends() -> None:
@@ -231,6 +237,36 @@ def test_explicit_backends() -> None:
     assert isinstance(backend, OpenAIBackend) and description == "openai at https://llm.example/v1 (model gpt-x)"
     backend, _ = choose_backend(settings_with(backend="ollama", ollama_url="http://10.0.0.5:11434"))
     assert type(backend) is OllamaBackend and backend.base_url == "http://10.0.0.5:11434"
-    backend, _ = choose_backend(settings_with(backend="gateway"))
-    assert isinstance(backend, GatewayBackend) and backend.base_url == "http://127.0.0.1:11435"
+    backend, _ = choose_backend(settings_with(backend="simulated"))
+    assert isinstance(backend, SimulatedBackend) and backend.base_url == "http://127.0.0.1:11435"
+    backend, _ = choose_backend(settings_with(backend="gateway"))  # the simulator's former name
+    assert isinstance(backend, SimulatedBackend)
+    assert gateway_upstream(settings_with(backend="simulated"), "simulated") is None
     assert resolve_backend_kind(settings_with(backend="openai")) == "openai"
+
+
+# --- sampling and concurrency ---
+
+
+def test_every_attempt_is_a_new_sample_and_a_retry_the_same() -> None:
+    sampling = Sampling(max_tokens=70, temperature=0.7, temperature_step=0.15)
+    assert [sampling.temperature_for(a) for a in range(4)] == [0.7, 0.85, 1.0, 1.15]
+    seeds = {sampling.seed_for("p", a) for a in range(4)}
+    assert len(seeds) == 4
+    assert sampling.seed_for("p", 1) == sampling.seed_for("p", 1)
+
+
+def test_openai_requests_carry_the_system_message_and_the_attempts_sampling() -> None:
+    backend = LocalBackend("http://gw/v1", "m", 5.0, sampling=Sampling(max_tokens=50, temperature=0.5, temperature_step=0.25))
+    url, body, _ = backend._request("the prompt", 2)
+    assert url == "http://gw/v1/chat/completions"
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert body["messages"][1]["content"] == "the prompt"
+    assert body["max_tokens"] == 50 and body["temperature"] == 1.0 and body["seed"] == Sampling.seed_for("the prompt", 2)
+
+
+def test_local_concurrency_keeps_the_slots_busy_without_queueing_in_the_server() -> None:
+    settings = load_settings(llm_server={"slots": 2}, services={"llm_consumer_replicas": 2})
+    assert consumer_concurrency(settings, "local") == 2  # 3 calls over 2 replicas, rounded up
+    assert consumer_concurrency(settings, "simulated") == 8
+    assert consumer_concurrency(load_settings(llm={"concurrency": 5}), "local") == 5
