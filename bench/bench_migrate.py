@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg2
 
 from qactl.client import pg
-from qactl.client.response_import import import_file
+from qactl.importer.response_json import import_file
 from services.common import db
 from services.common.settings import load_settings
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qactl.cli.common import console, settings
-from qactl.client.metrics import SECTIONS, Section, collect
+from qactl.reports.sections import SECTIONS, Section, collect
 
 app = typer.Typer()
 
@@ -110,7 +110,7 @@ def metrics(
         for s in found:
             console.print(render_table(s))
     if plot is not None:
-        from qactl.client.metrics_charts import write_charts
+        from qactl.reports.charts import write_charts
 
         written = write_charts(found, plot, threshold)
         message = (

@@ -1,7 +1,7 @@
 """`qactl migrate FILE`: import an earlier run's response.json into PostgreSQL as a baseline.
 
 The file format, the field mapping and the guarantees are documented in
-``qactl/client/response_import.py``.
+``qactl/importer/response_json.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qactl.cli.common import console, settings
-from qactl.client.response_import import ImportReport, import_file
+from qactl.importer.response_json import ImportReport, import_file
 
 app = typer.Typer()
 

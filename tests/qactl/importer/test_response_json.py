@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qactl.client.response_import import (
+from qactl.importer.response_json import (
     ImportAborted,
     ImportFileError,
     Rejected,
