@@ -68,6 +68,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from qactl.client import pg
 from qactl.errors import ConfigError, QactlError, StackNotRunning
 from services.common.schemas import normalize_question, question_id_for
 
@@ -432,11 +433,7 @@ def import_file(
     if dry_run or not rows:
         report.seconds = time.perf_counter() - started
         return report
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=5, application_name="qactl-migrate")
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StackNotRunning(f"PostgreSQL is not reachable ({first}); start it with `qactl up`") from None
+    conn = pg.connect_to_stack(dsn, "qactl-migrate")
     try:
         with conn:  # one transaction: commit at the end, roll back on any error
             try:
