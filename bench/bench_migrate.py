@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from qactl.client import pg
-from qactl.importer.response_json import import_file
+from qactl.importer.load import import_file
 from services.common import db
 from services.common.settings import load_settings
 

@@ -1,7 +1,7 @@
 """`qactl migrate FILE`: import an earlier run's response.json into PostgreSQL as a baseline.
 
-The file format, the field mapping and the guarantees are documented in
-``qactl/importer/response_json.py``.
+The file format and the field mapping are documented in ``qactl/importer/records.py``, the
+guarantees in ``qactl/importer/load.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qactl.cli.common import console, settings
-from qactl.importer.response_json import ImportReport, import_file
+from qactl.importer.load import import_file
+from qactl.importer.records import ImportReport
 
 app = typer.Typer()
 
