@@ -66,6 +66,16 @@ def test_aliases_and_missing_optional_fields_are_tolerated() -> None:
     assert bare.values[5] == "validated" and bare.values[4] is None and bare.unscored_defaulted
 
 
+def test_a_null_field_is_a_field_not_given_and_the_first_alias_given_wins() -> None:
+    row = validate_record(
+        {"question": "Q?", "answer": None, "response": "R.", "llm_response": "L.", "score": None, "f1": 0.9,
+         "latency_ms": 20, "latency_seconds": "ignored when latency_ms is given"},
+        0.75,
+        NOW,
+    )
+    assert (row.values[3], row.values[4], row.values[12]) == ("R.", 0.9, 20.0)
+
+
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
