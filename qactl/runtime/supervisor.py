@@ -209,7 +209,8 @@ class Supervisor:
                 )
             if spec.health is None:
                 # No probe: alive after a short grace period is all we can know.
-                return Health(waited.elapsed() >= NO_PROBE_GRACE_SECONDS, "running")
+                graced = waited.elapsed() >= NO_PROBE_GRACE_SECONDS
+                return Health(True, "running") if graced else Health(False, "starting")
             try:
                 return spec.health()
             except Exception as exc:  # a probe that raises is simply not healthy yet
@@ -225,8 +226,6 @@ class Supervisor:
         )
         if last.ok:
             return last
-        if spec.health is None:
-            last = Health(False, "starting")
         raise ComponentFailed(
             f"{spec.name} not healthy after {spec.start_timeout:.0f}s ({last.detail}); "
             f"log: {self.log_file(spec.name)}\n{self.tail(spec.name, 15)}"
