@@ -42,10 +42,6 @@ class CliContext:
             self._settings = load_settings(self.config, **overrides)
         return self._settings
 
-    @settings.setter
-    def settings(self, settings: QactlSettings) -> None:
-        self._settings = settings
-
 
 def settings(ctx: click.Context) -> QactlSettings:
     """The settings of this invocation, built by the root from its global options."""

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from qactl.cli.common import CliContext, console, settings
+from qactl.cli.common import console, settings
 from qactl.errors import QactlError
 
 if TYPE_CHECKING:
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-def _stack(ctx: typer.Context, only: Optional[list[str]] = None) -> Stack:
+def _stack(current: QactlSettings, only: Optional[list[str]] = None) -> Stack:
     from qactl.runtime.stack import Stack
 
-    return Stack(settings(ctx), only=only)
+    return Stack(current, only=only)
 
 
 _PHASE_STYLE = {
@@ -91,12 +91,12 @@ def up(
 
     Idempotent: a second `qactl up` starts nothing and says so.
     """
+    current = settings(ctx)
     if profile is Profile.demo:
         # The services are handed these settings, demo profile included.
-        cli = ctx.ensure_object(CliContext)
-        cli.settings = demo_profile(cli.settings)
+        current = demo_profile(current)
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
-    stack = _stack(ctx, only)
+    stack = _stack(current, only)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
@@ -132,7 +132,7 @@ def down(
     only: OnlyOption = None,
 ) -> None:
     """Stop everything `qactl up` started, last first (graceful, then forced)."""
-    stack = _stack(ctx, only)
+    stack = _stack(settings(ctx), only)
     stopped = stack.down(purge=purge, events=lambda c, phase, d: _say_down(c, phase, d))
     console.print(f"stopped {len(stopped)} process(es)" + (" and removed the state" if purge else ""))
 
@@ -152,7 +152,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show every component: state, pid, port, health. Exit code 1 when anything is unhealthy."""
-    stack = _stack(ctx)
+    stack = _stack(settings(ctx))
     statuses = stack.status()
     if as_json:
         typer.echo(json.dumps([_status_dict(s) for s in statuses], indent=2, default=str))
@@ -201,7 +201,7 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
 ) -> None:
     """Print a process's log file (under the state dir's logs/)."""
-    stack = _stack(ctx)
+    stack = _stack(settings(ctx))
     path = _log_path(stack, name)
     typer.echo(stack.supervisor.tail(path.stem, lines))
     if follow:
