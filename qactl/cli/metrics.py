@@ -78,6 +78,7 @@ def to_csv(sections: list[Section]) -> str:
 
 @app.command()
 def metrics(
+    ctx: typer.Context,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = Format.table,
     section: Annotated[
         Optional[list[str]],
@@ -98,7 +99,7 @@ def metrics(
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         raise typer.BadParameter(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", param_hint="--section")
-    current = settings()
+    current = settings(ctx)
     threshold = current.policies.quality_threshold
     found = collect(current.postgres.url, threshold, wanted, async_run, sync_run)
     if fmt is Format.json:

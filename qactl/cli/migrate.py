@@ -55,6 +55,7 @@ def _print_report(report: ImportReport, shown: int) -> None:
 
 @app.command()
 def migrate(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="The earlier run's response.json (a JSON array or JSON lines).")],
     strict: Annotated[
         bool, typer.Option("--strict", help="Import nothing if any record is rejected.")
@@ -71,7 +72,7 @@ def migrate(
     half-imported. Idempotent: questions already stored are left as they were. Exit code 0
     when every record was imported or already present, 2 when some were rejected.
     """
-    current = settings()
+    current = settings(ctx)
     if as_json:
         report = import_file(
             current.postgres.url, file, current.policies.quality_threshold, strict=strict, dry_run=dry_run
