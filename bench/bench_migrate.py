@@ -17,10 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg2
-
 from qactl.client import pg
-from qactl.client.response_import import import_file
+from qactl.importer.load import import_file
 from services.common import db
 from services.common.settings import load_settings
 
@@ -56,7 +54,7 @@ def main() -> None:
             threshold = settings.policies.quality_threshold
             first = import_file(dsn, path, threshold)
             second = import_file(dsn, path, threshold)
-        conn = psycopg2.connect(dsn)
+        conn = db.connect(dsn, timeout=None)
         with conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM responses WHERE source = 'import'")
             stored = cur.fetchone()[0]

@@ -16,7 +16,7 @@ Outputs are written through Kafka table sinks so that each record keeps the ques
 Kafka key, as every other producer of the pipeline does.
 
 Submitted by `qactl up` (qactl/runtime/score_job.py) as
-``flink run -d -py flink/job.py --config-json '<flink.gate.JobConfig as JSON>'``.
+``flink run -d -py flink/job.py --config-file <flink.gate.JobConfig as JSON, mode 0600>``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import logging
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from pyflink.common import Configuration, Row, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
@@ -159,7 +160,7 @@ def build(env: StreamExecutionEnvironment, config_json: str, args: argparse.Name
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-json", required=True, help="flink.gate.JobConfig as JSON")
+    parser.add_argument("--config-file", type=Path, required=True, help="flink.gate.JobConfig as JSON")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=int, default=100)
     parser.add_argument("--shards", type=int, default=2)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     config.set_string("python.fn-execution.bundle.size", "1000")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(args.parallelism)
-    build(env, args.config_json, args)
+    build(env, args.config_file.read_text(), args)
     env.execute(JOB_NAME)
 
 

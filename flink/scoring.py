@@ -205,9 +205,6 @@ class Scorer:
             )
         return [self.calibration.apply(f) for f in self.f1(cands, refs)]
 
-    def score_one(self, cand: str, ref: str) -> float:
-        return self.score([cand], [ref])[0]
-
     def cache_info(self) -> dict[str, int]:
         return {
             "hits": self.cache_hits,

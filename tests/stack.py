@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from services.common.settings import QactlSettings, load_settings
+from services.common.settings import QactlSettings
 
 INFRA = ("kafka", "flink", "postgres", "redis")
 
@@ -38,24 +38,11 @@ def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
         "gateway": {"port": base + 435},
         "services": {"metrics_base_port": base + 300},
     }
+    if "QACTL_CACHE_DIR" in os.environ:  # the shared jar cache
+        values["cache_dir"] = os.environ["QACTL_CACHE_DIR"]
     values.update(overrides)
-    with _without_developer_settings():
-        return load_settings(**values)
-
-
-@contextmanager
-def _without_developer_settings() -> Iterator[None]:
-    """Neither QACTL_* variables (but the harness's and the cache dir) nor ./qactl.toml apply."""
-    saved = dict(os.environ)
-    try:
-        for key in list(os.environ):
-            if key.startswith("QACTL_") and not key.startswith("QACTL_TEST_") and key != "QACTL_CACHE_DIR":
-                del os.environ[key]
-        os.environ["QACTL_CONFIG"] = os.devnull
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    # Validated, not loaded: neither the developer's QACTL_* variables nor ./qactl.toml apply.
+    return QactlSettings.model_validate(values)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name

@@ -112,6 +112,7 @@ def follow(client: StorageApiClient, question_id: str, timeout: float, as_json: 
 
 @app.command()
 def ask(
+    ctx: typer.Context,
     question: Annotated[str, typer.Argument(help="The question to ask.")],
     reference: Annotated[
         Optional[str], typer.Option("--reference", "-r", help="A reference answer to score against.")
@@ -129,7 +130,7 @@ def ask(
     """
     from qactl.client.api import StorageApiClient
 
-    with StorageApiClient(settings().api.base_url) as client:
+    with StorageApiClient(settings(ctx).api.base_url) as client:
         submission = client.submit(question, reference)
         if as_json and not (follow_ and not submission.answered):
             console.print_json(json.dumps(submission.__dict__, default=str))

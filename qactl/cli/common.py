@@ -7,8 +7,10 @@ command's own help start without them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -18,8 +20,29 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def settings() -> QactlSettings:
-    """The CLI process's one settings object (env, then the config file, then defaults)."""
-    from services.common.settings import get_settings
+class CliContext:
+    """The root's global options, handed to every command as the click context's object.
 
-    return get_settings()
+    The settings are built from them on first use, so commands that need none (``--help``,
+    ``--version``) never load pydantic-settings.
+    """
+
+    def __init__(self, config: Path | None = None, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self._settings: QactlSettings | None = None
+
+    @property
+    def settings(self) -> QactlSettings:
+        """The CLI's one settings object: the global options, env, the config file, defaults."""
+        if self._settings is None:
+            from services.common.settings import load_settings
+
+            overrides = {} if self.state_dir is None else {"state_dir": self.state_dir}
+            self._settings = load_settings(self.config, **overrides)
+        return self._settings
+
+
+def settings(ctx: click.Context) -> QactlSettings:
+    """The settings of this invocation, built by the root from its global options."""
+    return ctx.ensure_object(CliContext).settings

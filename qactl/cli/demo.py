@@ -62,6 +62,7 @@ def _complete(incomplete: str) -> list[str]:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     cases: Annotated[
         list[str],
         typer.Argument(
@@ -79,7 +80,7 @@ def demo(
     """
     from qactl.demo.runner import run_cases
 
-    results = run_cases(settings(), list(cases), listener=(lambda _e: None) if as_json else narrate)
+    results = run_cases(settings(ctx), list(cases), listener=(lambda _e: None) if as_json else narrate)
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results], default=str))
     elif len(results) > 1:

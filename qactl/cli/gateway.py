@@ -22,14 +22,15 @@ app = typer.Typer(name="gateway", help="Inject faults into the built-in LLM gate
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _client() -> GatewayClient:
+def _client(ctx: typer.Context) -> GatewayClient:
     from qactl.client.gateway import GatewayClient
 
-    return GatewayClient.from_settings(settings())
+    return GatewayClient.from_settings(settings(ctx))
 
 
 @app.command()
 def fault(
+    ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(PRESETS)} (503-burst = three 503s).")],
     count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="For the next N calls.")] = None,
     rate: Annotated[Optional[float], typer.Option("--rate", "-r", min=0.0, max=1.0, help="On this fraction of calls.")] = None,
@@ -54,7 +55,7 @@ def fault(
         rule = FaultRule.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid fault rule: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    with _client() as client:
+    with _client(ctx) as client:
         added = client.add_rule(rule)
     if as_json:
         console.print_json(added.model_dump_json())
@@ -63,9 +64,9 @@ def fault(
 
 
 @app.command()
-def faults(as_json: JsonOption = False) -> None:
+def faults(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the active fault rules, in the order they apply."""
-    with _client() as client:
+    with _client(ctx) as client:
         rules = client.list_faults()
     if as_json:
         console.print_json(json.dumps([r.model_dump() for r in rules]))
@@ -80,19 +81,20 @@ def faults(as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def clear() -> None:
+def clear(ctx: typer.Context) -> None:
     """Remove every fault rule."""
-    with _client() as client:
+    with _client(ctx) as client:
         console.print(f"cleared {client.clear_faults()} fault rule(s)")
 
 
 @app.command()
 def stats(
+    ctx: typer.Context,
     as_json: JsonOption = False,
     reset: Annotated[bool, typer.Option("--reset", help="Zero the counters after printing them.")] = False,
 ) -> None:
     """Calls the gateway answered, by outcome and per question."""
-    with _client() as client:
+    with _client(ctx) as client:
         numbers = client.stats()
         if reset:
             client.reset_stats()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from qactl.cli import ask, demo, gateway, metrics, migrate, stack, traffic, watch
-from qactl.cli.common import err_console
+from qactl.cli.common import CliContext, err_console
 from qactl.errors import QactlError
 
 class QactlGroup(TyperGroup):
@@ -48,6 +47,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     _version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -60,10 +60,7 @@ def root(
     ] = None,
 ) -> None:
     """Global options; they apply to every command."""
-    if config is not None:
-        os.environ["QACTL_CONFIG"] = str(config)
-    if state_dir is not None:
-        os.environ["QACTL_STATE_DIR"] = str(state_dir)
+    ctx.obj = CliContext(config=config, state_dir=state_dir)
 
 
 def main() -> None:

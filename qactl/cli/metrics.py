@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qactl.cli.common import console, settings
-from qactl.client.metrics import SECTIONS, Section, collect
+from qactl.reports.sections import SECTIONS, Section, collect
 
 app = typer.Typer()
 
@@ -78,6 +78,7 @@ def to_csv(sections: list[Section]) -> str:
 
 @app.command()
 def metrics(
+    ctx: typer.Context,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = Format.table,
     section: Annotated[
         Optional[list[str]],
@@ -98,7 +99,7 @@ def metrics(
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         raise typer.BadParameter(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", param_hint="--section")
-    current = settings()
+    current = settings(ctx)
     threshold = current.policies.quality_threshold
     found = collect(current.postgres.url, threshold, wanted, async_run, sync_run)
     if fmt is Format.json:
@@ -110,7 +111,7 @@ def metrics(
         for s in found:
             console.print(render_table(s))
     if plot is not None:
-        from qactl.client.metrics_charts import write_charts
+        from qactl.reports.charts import write_charts
 
         written = write_charts(found, plot, threshold)
         message = (

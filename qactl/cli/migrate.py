@@ -1,7 +1,7 @@
 """`qactl migrate FILE`: import an earlier run's response.json into PostgreSQL as a baseline.
 
-The file format, the field mapping and the guarantees are documented in
-``qactl/client/response_import.py``.
+The file format and the field mapping are documented in ``qactl/importer/records.py``, the
+guarantees in ``qactl/importer/load.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qactl.cli.common import console, settings
-from qactl.client.response_import import ImportReport, import_file
+from qactl.importer.load import import_file
+from qactl.importer.records import ImportReport
 
 app = typer.Typer()
 
@@ -54,6 +55,7 @@ def _print_report(report: ImportReport, shown: int) -> None:
 
 @app.command()
 def migrate(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="The earlier run's response.json (a JSON array or JSON lines).")],
     strict: Annotated[
         bool, typer.Option("--strict", help="Import nothing if any record is rejected.")
@@ -70,7 +72,7 @@ def migrate(
     half-imported. Idempotent: questions already stored are left as they were. Exit code 0
     when every record was imported or already present, 2 when some were rejected.
     """
-    current = settings()
+    current = settings(ctx)
     if as_json:
         report = import_file(
             current.postgres.url, file, current.policies.quality_threshold, strict=strict, dry_run=dry_run

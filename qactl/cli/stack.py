@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import time
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -17,14 +17,15 @@ from qactl.errors import QactlError
 
 if TYPE_CHECKING:
     from qactl.runtime.stack import ComponentStatus, Stack
+    from services.common.settings import QactlSettings
 
 app = typer.Typer()
 
 
-def _stack(only: Optional[list[str]] = None) -> Stack:
+def _stack(current: QactlSettings, only: Optional[list[str]] = None) -> Stack:
     from qactl.runtime.stack import Stack
 
-    return Stack(settings(), only=only)
+    return Stack(current, only=only)
 
 
 _PHASE_STYLE = {
@@ -68,32 +69,34 @@ class _Progress:
 DEMO_DELAY_SCALE = 0.05
 
 
+class Profile(str, Enum):
+    default = "default"
+    demo = "demo"
+
+
 @app.command()
 def up(
+    ctx: typer.Context,
     only: OnlyOption = None,
     profile: Annotated[
-        str,
+        Profile,
         typer.Option(
             "--profile",
             help="'demo' shortens every retry delay 20x (quota 60 s -> 3 s) so the demo cases "
             "finish quickly; 'default' keeps the policies of the configuration.",
         ),
-    ] = "default",
+    ] = Profile.default,
 ) -> None:
     """Provision what is missing and start the stack, in order; waits for each to be healthy.
 
     Idempotent: a second `qactl up` starts nothing and says so.
     """
-    if profile not in ("default", "demo"):
-        raise typer.BadParameter("choose 'default' or 'demo'", param_hint="--profile")
-    if profile == "demo":
-        # Set before the settings are read: the services are handed those settings, demo profile included.
-        os.environ["QACTL_POLICIES__DELAY_SCALE"] = str(DEMO_DELAY_SCALE)
-        from services.common.settings import get_settings
-
-        get_settings.cache_clear()
+    current = settings(ctx)
+    if profile is Profile.demo:
+        # The services are handed these settings, demo profile included.
+        current = demo_profile(current)
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
-    stack = _stack(only)
+    stack = _stack(current, only)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
@@ -104,6 +107,12 @@ def up(
     else:
         console.print(f"[green]Started:[/] {', '.join(result.started)}")
     _print_endpoints(stack)
+
+
+def demo_profile(settings: QactlSettings) -> QactlSettings:
+    """A copy of ``settings`` whose retry delays are ``DEMO_DELAY_SCALE`` of the policy's."""
+    policies = settings.policies.model_copy(update={"delay_scale": DEMO_DELAY_SCALE})
+    return settings.model_copy(update={"policies": policies})
 
 
 def _print_endpoints(stack: Stack) -> None:
@@ -118,11 +127,12 @@ def _print_endpoints(stack: Stack) -> None:
 
 @app.command()
 def down(
+    ctx: typer.Context,
     purge: Annotated[bool, typer.Option("--purge", help="Also delete all state: data, logs, config.")] = False,
     only: OnlyOption = None,
 ) -> None:
     """Stop everything `qactl up` started, last first (graceful, then forced)."""
-    stack = _stack(only)
+    stack = _stack(settings(ctx), only)
     stopped = stack.down(purge=purge, events=lambda c, phase, d: _say_down(c, phase, d))
     console.print(f"stopped {len(stopped)} process(es)" + (" and removed the state" if purge else ""))
 
@@ -138,10 +148,11 @@ def _say_down(component: str, phase: str, detail: str) -> None:
 
 @app.command()
 def status(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show every component: state, pid, port, health. Exit code 1 when anything is unhealthy."""
-    stack = _stack()
+    stack = _stack(settings(ctx))
     statuses = stack.status()
     if as_json:
         typer.echo(json.dumps([_status_dict(s) for s in statuses], indent=2, default=str))
@@ -184,12 +195,13 @@ def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
 
 @app.command()
 def logs(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A component or process name, e.g. kafka, llm-consumer-1.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
 ) -> None:
     """Print a process's log file (under the state dir's logs/)."""
-    stack = _stack()
+    stack = _stack(settings(ctx))
     path = _log_path(stack, name)
     typer.echo(stack.supervisor.tail(path.stem, lines))
     if follow:
@@ -223,11 +235,11 @@ def _follow(path) -> None:
 
 
 @app.command()
-def doctor() -> None:
+def doctor(ctx: typer.Context) -> None:
     """Check prerequisites (Java, Maven, PostgreSQL, Redis, ports, disk) and say what to install."""
     from qactl.runtime.doctor import run_checks
 
-    checks = run_checks(settings())
+    checks = run_checks(settings(ctx))
     table = Table(box=None, padding=(0, 1))
     for column in ("check", "", "detail", "fix"):
         table.add_column(column)

@@ -78,6 +78,7 @@ def _run_with_progress(label: str, total: int, runner: Any, as_json: bool) -> Ru
 
 @app.command()
 def traffic(
+    ctx: typer.Context,
     file: Annotated[
         Optional[Path],
         typer.Option("--file", "-f", help="Questions: text lines, or JSON / JSON lines / YAML with reference answers. "
@@ -120,7 +121,7 @@ def traffic(
     from qactl.traffic.stats import summarize
     from qactl.traffic.store import record_run
 
-    current = settings()
+    current = settings(ctx)
     base = question_sets.load_questions(file) if file is not None else question_sets.knowledge_base_questions()
     chosen = question_sets.take(base, count)
     digest = question_sets.digest(chosen)

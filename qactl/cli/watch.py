@@ -7,16 +7,18 @@ from typing import Annotated
 import typer
 
 from qactl.cli.common import settings
-from qactl.errors import ConfigError
 
 app = typer.Typer()
 
 
 @app.command()
 def watch(
+    ctx: typer.Context,
     refresh: Annotated[
         float,
-        typer.Option("--refresh", "-r", help="Seconds between the end of one poll and the start of the next."),
+        typer.Option(
+            "--refresh", "-r", min=0.1, max=3600, help="Seconds between the end of one poll and the start of the next."
+        ),
     ] = 1.0,
 ) -> None:
     """Live dashboard: topic flow, consumer lag, retries, scores, outcomes, questions, health.
@@ -24,8 +26,6 @@ def watch(
     Keys: n o u r c a fire demo cases, B T P D inject faults (X clears), enter opens a
     question's journey, ? help, q quit.
     """
-    if not 0.1 <= refresh <= 3600:
-        raise ConfigError(f"--refresh must be between 0.1 and 3600 seconds, not {refresh:g}")
     from qactl.tui.app import make_app  # Textual loads only for this command
 
-    make_app(settings(), refresh_seconds=refresh).run()
+    make_app(settings(ctx), refresh_seconds=refresh).run()

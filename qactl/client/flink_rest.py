@@ -1,9 +1,11 @@
-"""Flink's REST API: cluster overview, task managers, jobs, job details, cancel."""
+"""Flink's REST API: cluster overview, task managers, jobs, job details, checkpoints, cancel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from qactl.client.http import shared_client
 
@@ -51,12 +53,17 @@ class JobSummary:
 
 
 class FlinkRest:
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    """``client``: an HTTP client of the caller's own (the dashboard keeps one for its life);
+    by default the process's shared one."""
+
+    def __init__(self, base_url: str, timeout: float = 5.0, client: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._client = client
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = shared_client().request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
+        client = self._client or shared_client()
+        response = client.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
 
@@ -96,8 +103,9 @@ class FlinkRest:
         """The full job detail (vertices with their status and metrics) as Flink returns it."""
         return self._request("GET", f"/jobs/{jid}")
 
-    def job_exceptions(self, jid: str) -> dict[str, Any]:
-        return self._request("GET", f"/jobs/{jid}/exceptions")
+    def checkpoints(self, jid: str) -> dict[str, Any]:
+        """Checkpoint counts and the latest checkpoints of a job, as Flink returns them."""
+        return self._request("GET", f"/jobs/{jid}/checkpoints")
 
     def cancel(self, jid: str) -> None:
         self._request("PATCH", f"/jobs/{jid}", params={"mode": "cancel"})

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from qactl.errors import QactlError
 from services.common.topics import Topic
+from services.common.waiting import Deadline
 
 
 class TopicMismatch(QactlError):
@@ -105,12 +106,12 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
     without asking again; on a loaded box that entry outlived a 20 s wait. So a round that got
     _NOENT asks the broker for fresh metadata before the next.
     """
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     waiting = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
     last: Exception | None = None
     refresh = False
     while waiting:
-        left = max(deadline - time.monotonic(), 0.5)
+        left = max(deadline.left(), 0.5)
         if refresh:
             try:
                 client.list_topics(timeout=left)
@@ -132,7 +133,7 @@ def wait_for_leaders(client: AdminClient, topics: list[Topic], timeout: float) -
                 last = TimeoutError("no answer from the broker")
                 pending.append(tp)
         waiting = pending
-        if waiting and time.monotonic() >= deadline:
+        if waiting and deadline.passed:
             names = sorted({tp.topic for tp in waiting})
             raise QactlError(f"Kafka topics not served by a leader after {timeout:.0f} s: {', '.join(names)} ({last})")
         if waiting:

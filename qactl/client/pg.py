@@ -1,4 +1,4 @@
-"""PostgreSQL: connect from settings, server version, migration level."""
+"""PostgreSQL: connect for qactl, server version, migration level."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 
+from qactl.errors import StackNotRunning
 from services.common import db
 
 
@@ -21,9 +22,21 @@ class PgInfo:
         return self.migration_level >= self.latest_migration
 
 
-def connect(dsn: str, timeout: float = 3.0, **overrides: str) -> psycopg2.extensions.connection:
+def connect(
+    dsn: str, timeout: float = 3.0, application_name: str = "qactl", **overrides: str
+) -> psycopg2.extensions.connection:
     """A connection to ``dsn``; ``overrides`` replace parts of it (e.g. dbname="postgres")."""
-    return psycopg2.connect(dsn, connect_timeout=max(1, int(timeout)), application_name="qactl", **overrides)
+    return db.connect(dsn, application_name=application_name, timeout=timeout, **overrides)
+
+
+def connect_to_stack(dsn: str, application_name: str, timeout: float = 5.0) -> psycopg2.extensions.connection:
+    """A connection for a command that reads or writes the stack's PostgreSQL; when it cannot
+    be reached, ``StackNotRunning`` with the first line of why and the way out."""
+    try:
+        return connect(dsn, timeout, application_name=application_name)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StackNotRunning(f"PostgreSQL is not reachable ({first}); start it with `qactl up`") from None
 
 
 def server_version(conn: psycopg2.extensions.connection) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from qactl.errors import StackNotRunning
+from qactl.runtime.services import components as service_components
 from services.common import topics
 from services.common.cache import cache_key
 from services.common.settings import Policies, QactlSettings
@@ -27,12 +28,7 @@ class RunningPolicies:
 
 def running_policies(settings: QactlSettings) -> RunningPolicies:
     """The CLI's policies with the ``delay_scale`` the running retry services report."""
-    try:
-        from qactl.runtime.services import components
-
-        found = {c.name: c for c in components(settings)}
-    except Exception:  # the runtime table is optional here; the settings still tell something
-        found = {}
+    found = {c.name: c for c in service_components(settings)}
     for name in ("retry-overload", "retry-quota"):
         component = found.get(name)
         if component is None:

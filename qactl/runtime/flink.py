@@ -84,6 +84,9 @@ def python_executable() -> str:
     return sys.executable
 
 
+SCORER_KNOBS = ("QACTL_SCORER_BACKEND", "QACTL_SCORER_THREADS")
+
+
 def flink_env(settings: QactlSettings) -> dict[str, str]:
     """Environment for the Flink scripts (cluster and CLI) to use our config, libs and logs."""
     return {
@@ -94,6 +97,8 @@ def flink_env(settings: QactlSettings) -> dict[str, str]:
         "PYFLINK_CLIENT_EXECUTABLE": python_executable(),
         # The job's Python workers keep the scorer's exported encoder there (flink/onnx_encoder.py).
         "QACTL_CACHE_DIR": str(settings.cache_dir),
+        # The scorer's own knobs (flink/scoring.py), handed on: children inherit no QACTL_* variable.
+        **{name: os.environ[name] for name in SCORER_KNOBS if name in os.environ},
         # The bundled scripts take the JVM from JAVA_HOME when set, else `java` on PATH.
         **({"JAVA_HOME": os.environ["JAVA_HOME"]} if "JAVA_HOME" in os.environ else {}),
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,8 @@ from qactl.errors import ComponentFailed
 from qactl.runtime import flink
 from qactl.runtime.component import Component, Report
 from qactl.runtime.supervisor import Health
-from services.common.settings import QactlSettings
+from services.common.settings import QactlSettings, write_private_file
+from services.common.waiting import poll_until
 
 NAME = "score-job"
 JOB_SCRIPT = Path(__file__).resolve().parents[2] / "flink" / "job.py"
@@ -58,24 +58,33 @@ def submit(settings: QactlSettings, report: Report) -> bool:
         return False
     prepare_scorer_model(settings, report)
     report(f"submitting {job_name()} (flink run)")
-    config = JobConfig.from_settings(settings).model_dump_json()
-    argv = flink.submit_argv(settings, JOB_SCRIPT, "--config-json", config)
+    # A file, not an argument: the configuration may hold secrets (the Redis URL), and every
+    # user sees a command line. `flink run` reads it while building the job; it goes after.
+    config = write_private_file(
+        settings.run_dir / f"{NAME}.config.json", JobConfig.from_settings(settings).model_dump_json()
+    )
+    argv = flink.submit_argv(settings, JOB_SCRIPT, "--config-file", str(config))
     log_path = settings.log_dir / f"{NAME}-submit.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        done = subprocess.run(
-            argv, env={**_os_env(), **flink.flink_env(settings)}, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
-        )
+    try:
+        with open(log_path, "ab") as log:
+            done = subprocess.run(
+                argv, env={**_os_env(), **flink.flink_env(settings)}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=SUBMIT_TIMEOUT_SECONDS, check=False,
+            )
+    finally:
+        config.unlink(missing_ok=True)
     if done.returncode != 0:
         raise ComponentFailed(f"flink run failed (exit {done.returncode}); see {log_path}\n{_tail(log_path)}")
-    deadline = time.monotonic() + SUBMIT_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        current = health(settings)
-        if current.ok:
-            return True
-        report(current.detail)
-        time.sleep(1)
+    current = poll_until(
+        lambda: health(settings),
+        timeout=SUBMIT_TIMEOUT_SECONDS,
+        interval=1,
+        done=lambda h: h.ok,
+        on_wait=lambda h: report(h.detail),
+    )
+    if current.ok:
+        return True
     raise ComponentFailed(f"{job_name()} submitted but not RUNNING after {SUBMIT_TIMEOUT_SECONDS}s")
 
 

@@ -1,28 +1,27 @@
 """The pipeline services as stack components, declared from one table: a new service is one row.
 
-Every service is ``python -m <module> [args]`` under the supervisor, with its settings passed
-through the environment (so a child sees exactly the parent's configuration, overrides
-included), ``QACTL_SERVICE_SLOT`` (-> its /metrics and /health port, ``metrics_base_port +
-slot``) and ``QACTL_SERVICE_REPLICA``. Health is the process's own ``GET /health``.
+Every service is ``python -m <module> [args]`` under the supervisor, with the settings it was
+declared with handed over whole in its settings file (so a child sees exactly the parent's
+configuration, overrides included), ``QACTL_SERVICE_SLOT`` (-> its /metrics and /health port,
+``metrics_base_port + slot``) and ``QACTL_SERVICE_REPLICA``. Health is the process's own
+``GET /health``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, SecretStr
 
 from qactl.client.http import shared_client
 from qactl.runtime.component import Component
 from qactl.runtime.supervisor import Health, Port, ProcessSpec
 from services.common.settings import QactlSettings
 from services.common.slots import REPLICA_ENV, SLOT_ENV
+from services.llm_consumer.backends import resolve_backend_kind
 
 _one: Callable[[QactlSettings], int] = lambda s: 1  # noqa: E731
 _always: Callable[[QactlSettings], bool] = lambda s: True  # noqa: E731
@@ -51,10 +50,6 @@ def gateway_needed(settings: QactlSettings) -> bool:
     """The built-in gateway runs when it is the backend, or when it fronts a real upstream LLM."""
     if settings.gateway.upstream_url:
         return True
-    try:
-        from services.llm_consumer.backends import resolve_backend_kind
-    except ImportError:
-        return settings.llm.backend in ("gateway", "auto")
     return resolve_backend_kind(settings) == "gateway"
 
 
@@ -84,29 +79,6 @@ SERVICES: tuple[ServiceRow, ...] = (
 )
 
 
-def settings_env(settings: QactlSettings) -> dict[str, str]:
-    """The settings as ``QACTL_<FIELD>`` JSON values, secrets included, for a child process."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return value.get_secret_value()
-        if isinstance(value, BaseModel):
-            return {name: plain(getattr(value, name)) for name in type(value).model_fields}
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    env = {}
-    for name in type(settings).model_fields:
-        value = plain(getattr(settings, name))
-        env[f"QACTL_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    return env
-
-
 def http_health(url: str, timeout: float = 1.0) -> Health:
     """A service's ``GET /health``: 200 is healthy; the JSON body becomes the detail line."""
     try:
@@ -133,7 +105,6 @@ def _detail(data: Mapping[str, Any], status: int) -> str:
 
 def _process_specs(row: ServiceRow, first_slot: int, settings: QactlSettings) -> list[ProcessSpec]:
     count = max(0, row.replicas(settings))
-    base_env = settings_env(settings)
     specs = []
     for replica in range(1, count + 1):
         slot = first_slot + replica - 1
@@ -147,7 +118,8 @@ def _process_specs(row: ServiceRow, first_slot: int, settings: QactlSettings) ->
                 name=row.name if count == 1 and row.replicas is _one else f"{row.name}-{replica}",
                 argv=(sys.executable, "-m", row.module, *row.args),
                 ports=(Port(number, setting, host),),
-                env={**base_env, REPLICA_ENV: str(replica), **({} if row.port else {SLOT_ENV: str(slot)})},
+                env={REPLICA_ENV: str(replica), **({} if row.port else {SLOT_ENV: str(slot)})},
+                settings=settings,
                 stop_timeout=row.stop_timeout,
                 health=(lambda url=f"http://{host}:{number}/health": http_health(url)),
             )

@@ -21,30 +21,16 @@ def _ignore(component: str, phase: str, detail: str) -> None:
 
 def declared_components(settings: QactlSettings) -> list[Component]:
     """Every component in start order; `qactl down` walks this list backwards."""
-    from qactl.runtime import flink, kafka, postgres, redis
+    from qactl.runtime import flink, kafka, postgres, redis, score_job, services
 
-    found: list[Component] = [
+    return [
         *kafka.components(settings),
         *flink.components(settings),
         *postgres.components(settings),
         *redis.components(settings),
+        *services.components(settings),
+        *score_job.components(settings),
     ]
-    for optional in ("qactl.runtime.services", "qactl.runtime.score_job"):
-        found.extend(_optional_components(optional, settings))
-    return found
-
-
-def _optional_components(module_name: str, settings: QactlSettings) -> list[Component]:
-    """Later layers of the stack (pipeline services, the Flink job) plug in by module."""
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return []
-        raise
-    return list(module.components(settings))
 
 
 @dataclass

@@ -4,6 +4,10 @@ A component declares what to run (``ProcessSpec``); the supervisor does the rest
 for Kafka, Flink, PostgreSQL, Redis and every pipeline service. Processes outlive ``qactl up``
 (each in its own session) and are found again through their pid files; nothing restarts them
 but the operator.
+
+A process that carries the qactl configuration (``ProcessSpec.settings``) gets all of it from one
+file, ``run/<name>.settings.json`` (mode 0600), named by ``QACTL_SETTINGS_FILE``; no child
+inherits the caller's ``QACTL_*`` variables.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from qactl.errors import ComponentFailed, PortInUseError
-from services.common.settings import QactlSettings
+from services.common.settings import SETTINGS_FILE_ENV, QactlSettings, write_settings_file
+from services.common.waiting import Deadline, poll_until
 
 
 NO_PROBE_GRACE_SECONDS = 1.0
@@ -57,6 +64,7 @@ class ProcessSpec:
     stop_timeout: float = 30.0
     start_timeout: float = 60.0
     health: Callable[[], Health] | None = None
+    settings: QactlSettings | None = None  # handed to the child in its settings file
 
 
 @dataclass(frozen=True)
@@ -67,23 +75,27 @@ class ProcessState:
     exit_code: int | None = None
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Kernel start time of a pid: tells our process from a later one that reused its pid."""
+def _start_time(pid: int) -> float | None:
+    """When a pid started: tells our process from a later one that reused its pid."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    # Field 22 counts from after the parenthesised command name, which may contain spaces.
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _is_alive(pid: int) -> bool:
+    """A zombie (exited, not yet reaped) counts as gone."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def child_environment(spec_env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a child inherits. When its spec carries the whole qactl configuration
-    (``services.settings_env``), the caller's own ``QACTL_*`` variables are left out: a nested
-    one such as ``QACTL_KAFKA__PORT`` would otherwise win over the configuration passed."""
-    if "QACTL_STATE_DIR" not in spec_env:
-        return dict(os.environ)
-    return {k: v for k, v in os.environ.items() if not k.startswith("QACTL_")}
+    """The caller's environment without its ``QACTL_*`` variables, plus the spec's own: a child's
+    qactl configuration comes from its settings file, never from whoever ran ``qactl up``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("QACTL_")}
+    return {**inherited, **spec_env}
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -117,6 +129,9 @@ class Supervisor:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def settings_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.settings.json"
+
     def _read_pid(self, name: str) -> dict | None:
         try:
             record = json.loads(self.pid_file(name).read_text())
@@ -129,7 +144,7 @@ class Supervisor:
         if record is None:
             return ProcessState(name, running=False, pid=None)
         pid = int(record["pid"])
-        alive = _proc_start_time(pid) == record.get("start_time") and not _is_zombie(pid)
+        alive = _start_time(pid) == record.get("start_time") and _is_alive(pid)
         return ProcessState(name, running=alive, pid=pid)
 
     def is_running(self, name: str) -> bool:
@@ -138,12 +153,11 @@ class Supervisor:
     def check_ports(self, spec: ProcessSpec, grace: float = PORT_GRACE_SECONDS) -> None:
         """Raise ``PortInUseError`` for a port still taken after ``grace`` seconds: a process
         killed a moment ago may hold its listening socket until the kernel has reaped it."""
-        deadline = time.monotonic() + grace
+        deadline = Deadline(grace)
         for port in spec.ports:
-            while not port_is_free(port.number, port.host):
-                if time.monotonic() >= deadline:
-                    raise PortInUseError(port.number, spec.name, port.setting)
-                time.sleep(0.1)
+            free = poll_until(lambda: port_is_free(port.number, port.host), timeout=deadline.left(), interval=0.1)
+            if not free:
+                raise PortInUseError(port.number, spec.name, port.setting)
 
     def start(self, spec: ProcessSpec) -> int:
         """Start ``spec`` unless it already runs; return its pid. Health is the caller's to await."""
@@ -155,7 +169,9 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file(spec.name), "ab", buffering=0)
         log.write(f"\n--- qactl starting {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
-        env = {**child_environment(spec.env), **spec.env}
+        env = child_environment(spec.env)
+        if spec.settings is not None:
+            env[SETTINGS_FILE_ENV] = str(write_settings_file(spec.settings, self.settings_file(spec.name)))
         demote = demote_fn(spec.run_as)
         try:
             proc = subprocess.Popen(
@@ -174,7 +190,7 @@ class Supervisor:
             log.close()
         record = {
             "pid": proc.pid,
-            "start_time": _proc_start_time(proc.pid),
+            "start_time": _start_time(proc.pid),
             "argv": list(spec.argv),
             "ports": [p.number for p in spec.ports],
             "started_at": time.time(),
@@ -184,29 +200,32 @@ class Supervisor:
 
     def wait_healthy(self, spec: ProcessSpec, on_wait: Callable[[str], None] | None = None) -> Health:
         """Poll ``spec.health`` until ok; fail fast if the process died, with its log's tail."""
-        started = time.monotonic()
-        deadline = started + spec.start_timeout
-        last = Health(False, "starting")
-        while time.monotonic() < deadline:
+        waited = Deadline(spec.start_timeout)
+
+        def probe() -> Health:
             if not self.is_running(spec.name):
                 raise ComponentFailed(
                     f"{spec.name} exited during start; last log lines:\n{self.tail(spec.name, 15)}"
                 )
             if spec.health is None:
                 # No probe: alive after a short grace period is all we can know.
-                if time.monotonic() - started >= NO_PROBE_GRACE_SECONDS:
-                    return Health(True, "running")
-                time.sleep(0.1)
-                continue
+                graced = waited.elapsed() >= NO_PROBE_GRACE_SECONDS
+                return Health(True, "running") if graced else Health(False, "starting")
             try:
-                last = spec.health()
+                return spec.health()
             except Exception as exc:  # a probe that raises is simply not healthy yet
-                last = Health(False, str(exc) or type(exc).__name__)
-            if last.ok:
-                return last
-            if on_wait is not None:
-                on_wait(last.detail)
-            time.sleep(0.25)
+                return Health(False, str(exc) or type(exc).__name__)
+
+        report = None if on_wait is None or spec.health is None else (lambda h: on_wait(h.detail))
+        last = poll_until(
+            probe,
+            timeout=waited.left(),
+            interval=0.25 if spec.health is not None else 0.1,
+            done=lambda h: h.ok,
+            on_wait=report,
+        )
+        if last.ok:
+            return last
         raise ComponentFailed(
             f"{spec.name} not healthy after {spec.start_timeout:.0f}s ({last.detail}); "
             f"log: {self.log_file(spec.name)}\n{self.tail(spec.name, 15)}"
@@ -216,20 +235,20 @@ class Supervisor:
         """Graceful stop of the whole process group, then forced. True if something was stopped."""
         current = self.state(name)
         if not current.running or current.pid is None:
-            self.pid_file(name).unlink(missing_ok=True)
+            self._forget(name)
             return False
         pid = current.pid
         _signal_group(pid, stop_signal)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _group_alive(pid):
-            time.sleep(0.1)
-        if _group_alive(pid):
+        group_gone = lambda: not _group_alive(pid)  # noqa: E731
+        if not poll_until(group_gone, timeout=timeout, interval=0.1):
             _signal_group(pid, signal.SIGKILL)
-            kill_deadline = time.monotonic() + 10
-            while time.monotonic() < kill_deadline and _group_alive(pid):
-                time.sleep(0.1)
-        self.pid_file(name).unlink(missing_ok=True)
+            poll_until(group_gone, timeout=10, interval=0.1)
+        self._forget(name)
         return True
+
+    def _forget(self, name: str) -> None:
+        self.pid_file(name).unlink(missing_ok=True)
+        self.settings_file(name).unlink(missing_ok=True)
 
     def tail(self, name: str, lines: int = 20) -> str:
         try:
@@ -240,14 +259,6 @@ class Supervisor:
         except OSError:
             return ""
         return "\n".join(data.splitlines()[-lines:])
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -261,15 +272,14 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _group_alive(pid: int) -> bool:
     """True while any process of the group led by ``pid`` is alive (zombies count as gone)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (None, psutil.STATUS_ZOMBIE):
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if os.getpgid(proc.pid) == pid:
+                return True
+        except ProcessLookupError:
             continue
-        if int(fields[2]) == pid and fields[0] != "Z":
-            return True
     return False
 
 

@@ -11,6 +11,7 @@ import json
 import psycopg2
 import psycopg2.extras
 
+from qactl.client import pg
 from qactl.errors import QactlError, StackNotRunning
 from qactl.traffic.runner import RunResult
 
@@ -40,7 +41,7 @@ def record_run(
 ) -> int:
     """Store a finished run and its samples; returns the run id."""
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=5, application_name="qactl-traffic")
+        conn = pg.connect(dsn, timeout=5, application_name="qactl-traffic")
     except psycopg2.OperationalError as exc:
         raise StackNotRunning(f"PostgreSQL is not reachable, the run was not recorded: {str(exc).strip().splitlines()[0]}") from None
     try:

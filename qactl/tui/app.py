@@ -16,8 +16,8 @@ from textual.reactive import reactive
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
-from qactl.client.dashboard import Journey, Snapshot
-from qactl.client.dashboard_backends import Actions
+from qactl.dashboard.model import Journey, Snapshot
+from qactl.dashboard.actions import Actions
 from qactl.tui.screens.dashboard import DashboardScreen
 from qactl.tui.screens.help import HelpScreen
 from qactl.tui.screens.journey import JourneyScreen
@@ -188,7 +188,7 @@ def make_app(
 ) -> QactlWatchApp:
     """The dashboard for the stack of ``settings``; tests pass recorded ``source`` data."""
     if source is None:
-        from qactl.client.dashboard import DashboardSource
+        from qactl.dashboard.source import DashboardSource
 
         source = DashboardSource.for_stack(settings)
         if actions is None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.content import Content
 
-from qactl.client.dashboard import Journey, QuestionRow, Snapshot
+from qactl.dashboard.model import Journey, QuestionRow, Snapshot
 from services.common.schemas import Hop, Stage
 
 BLOCKS = " ▁▂▃▄▅▆▇█"

@@ -1,4 +1,6 @@
-"""Versioned schema migrations: ordered SQL files recorded in ``schema_migrations``.
+"""PostgreSQL connections, and versioned schema migrations recorded in ``schema_migrations``.
+
+``connect`` is the one way every process (services, qactl, tests) opens a connection.
 
 ``services/common/migrations/NNNN_name.sql`` are applied in version order, each in one
 transaction together with its ``schema_migrations`` row, so a migration is applied entirely
@@ -31,6 +33,18 @@ class Migration:
         return self.path.read_text()
 
 
+def connect(
+    dsn: str, *, application_name: str | None = None, timeout: float | None = 5, **overrides: str
+) -> psycopg2.extensions.connection:
+    """A connection to ``dsn`` that names itself ``application_name`` (in ``pg_stat_activity``).
+
+    ``timeout`` bounds the connect in whole seconds (at least 1; ``None``: libpq waits as long as
+    it takes); ``overrides`` replace parts of the DSN (e.g. ``dbname="postgres"``).
+    """
+    connect_timeout = None if timeout is None else max(1, int(timeout))
+    return psycopg2.connect(dsn, connect_timeout=connect_timeout, application_name=application_name, **overrides)
+
+
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found = []
     for path in sorted(directory.glob("*.sql")):
@@ -60,7 +74,7 @@ def current_version(conn: psycopg2.extensions.connection) -> int:
 
 def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply every migration not yet applied; return those applied now (empty: up to date)."""
-    conn = psycopg2.connect(dsn, connect_timeout=5, application_name="qactl-migrate")
+    conn = connect(dsn, application_name="qactl-migrate", timeout=5)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

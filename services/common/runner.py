@@ -11,10 +11,11 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer
 
 HealthProbe = Callable[[], Mapping[str, object]]
 
@@ -40,30 +41,33 @@ def install_stop_handlers() -> threading.Event:
     return stop
 
 
-def serve_metrics_and_health(host: str, port: int, health: HealthProbe) -> ThreadingHTTPServer:
-    """Serve Prometheus ``/metrics`` and JSON ``/health`` (503 unless ``ok``) in a daemon thread."""
+class _SilentHandler(WSGIRequestHandler):
+    """No access log line per request: a scrape every few seconds is noise."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/metrics":
-                body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
-            elif self.path == "/health":
-                report = dict(health())
-                status = 200 if report.get("ok") else 503
-                body, ctype = json.dumps(report, default=str).encode(), "application/json"
-            else:
-                body, status, ctype = b'{"detail": "not found"}', 404, "application/json"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, format: str, *args: object) -> None:
+        return None
 
-        def log_message(self, format: str, *args: object) -> None:
-            return None
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+def serve_metrics_and_health(host: str, port: int, health: HealthProbe) -> ThreadingWSGIServer:
+    """Serve Prometheus ``/metrics`` and JSON ``/health`` (503 unless ``ok``) in a daemon thread.
+
+    A WSGI app on prometheus_client's threading WSGI server; ``shutdown()`` stops it.
+    """
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        if path == "/metrics":
+            body, status, ctype = generate_latest(), "200 OK", CONTENT_TYPE_LATEST
+        elif path == "/health":
+            report = dict(health())
+            status = "200 OK" if report.get("ok") else "503 Service Unavailable"
+            body, ctype = json.dumps(report, default=str).encode(), "application/json"
+        else:
+            body, status, ctype = b'{"detail": "not found"}', "404 Not Found", "application/json"
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -1,14 +1,21 @@
 """The one configuration of qactl, shared by the operator and every pipeline process.
 
 Sources, highest priority first: keyword arguments, environment variables (prefix ``QACTL_``,
-``__`` between nested names, e.g. ``QACTL_KAFKA__PORT=19092``), the TOML file named by
-``QACTL_CONFIG`` (else ``./qactl.toml`` if present), then the defaults below.
+``__`` between nested names, e.g. ``QACTL_KAFKA__PORT=19092``), the TOML file given to
+``load_settings`` (the CLI's ``--config``), else the one named by ``QACTL_CONFIG``, else
+``./qactl.toml`` if present, then the defaults below.
 The documented example is ``qactl.example.toml`` at the repository root.
+
+A process that the runtime starts reads none of these: its whole configuration comes from the
+one file named by ``QACTL_SETTINGS_FILE`` (``write_settings_file``, mode 0600, secrets included).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -268,7 +275,16 @@ class QactlSettings(BaseSettings):
         return self.state_dir / "logs"
 
 
+# The TOML file given to ``load_settings``, for the sources of the settings object being built.
+_given_config: ContextVar[Path | None] = ContextVar("qactl_given_config", default=None)
+
+SETTINGS_FILE_ENV = "QACTL_SETTINGS_FILE"
+
+
 def config_file() -> Path | None:
+    given = _given_config.get()
+    if given is not None:
+        return given
     explicit = os.environ.get("QACTL_CONFIG")
     if explicit:
         return Path(explicit)
@@ -278,10 +294,49 @@ def config_file() -> Path | None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> QactlSettings:
-    """The process's one settings object."""
+    """The process's one settings object: the file the runtime handed it, else the sources above."""
+    handed = os.environ.get(SETTINGS_FILE_ENV)
+    if handed:
+        return read_settings_file(Path(handed))
     return QactlSettings()
 
 
-def load_settings(**overrides: Any) -> QactlSettings:
-    """A fresh settings object (tests and the CLI's --config use this)."""
-    return QactlSettings(**overrides)
+def load_settings(config: Path | None = None, **overrides: Any) -> QactlSettings:
+    """A fresh settings object; ``config`` is a TOML file read instead of ``QACTL_CONFIG``'s."""
+    token = _given_config.set(config)
+    try:
+        return QactlSettings(**overrides)
+    finally:
+        _given_config.reset(token)
+
+
+def _revealed(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a settings value")
+
+
+def write_settings_file(settings: QactlSettings, path: Path) -> Path:
+    """Write every field of ``settings``, secrets included, to ``path`` (mode 0600, atomically)."""
+    return write_private_file(path, json.dumps(settings.model_dump(), default=_revealed))
+
+
+def write_private_file(path: Path, text: str) -> Path:
+    """Replace ``path`` at once with ``text``, readable by its owner only (0600): it may hold secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_settings_file(path: Path) -> QactlSettings:
+    """The settings ``write_settings_file`` wrote; neither the environment nor a TOML file applies."""
+    return QactlSettings.model_validate_json(path.read_text())

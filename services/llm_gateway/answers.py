@@ -55,9 +55,6 @@ class Answerer:
         digest = hashlib.sha256("\x1f".join((str(self.seed), *parts)).encode("utf-8")).digest()
         return options[int.from_bytes(digest[:8], "big") % len(options)]
 
-    def is_known(self, question: str) -> bool:
-        return self.knowledge_base.lookup(question) is not None
-
     def answer(self, question: str, prompt: str) -> str:
         """A good answer: a paraphrase of the reference, or a generic one for an unknown question."""
         key = normalize_question(question)

@@ -17,6 +17,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from services.common import db
 from services.common.cache import CachedAnswer
 from services.common.schemas import ErrorInfo, ErrorKind, Stage
 from services.persister.records import Outcome
@@ -105,7 +106,7 @@ class Writer:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            self._conn = psycopg2.connect(self._dsn, connect_timeout=3, application_name="qactl-persister")
+            self._conn = db.connect(self._dsn, application_name="qactl-persister", timeout=3)
         except _TRANSIENT as exc:
             self._down(exc)
         self.ok, self.detail = True, "ok"

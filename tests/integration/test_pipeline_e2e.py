@@ -13,13 +13,12 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 
 from qactl.client.api import StorageApiClient
 from qactl.client.gateway import GatewayClient
 from qactl.runtime.stack import Stack
-from services.common import topics
+from services.common import db, topics
 from services.common.knowledge_base import load_knowledge_base
 from services.common.schemas import TERMINAL_STAGES
 from services.common.settings import QactlSettings
@@ -97,7 +96,7 @@ def topics_of(watch, question_id: str) -> list[str]:
 def terminal_rows(settings: QactlSettings, question_ids: list[str]) -> dict[str, list[str]]:
     """Every terminal record per question: responses' status, failed_questions' 'failed'."""
     found: dict[str, list[str]] = {qid: [] for qid in question_ids}
-    with psycopg2.connect(settings.postgres.url) as conn, conn.cursor() as cur:
+    with db.connect(settings.postgres.url, timeout=None) as conn, conn.cursor() as cur:
         cur.execute("SELECT question_id, status FROM responses WHERE question_id = ANY(%s)", (question_ids,))
         for qid, status in cur.fetchall():
             found[qid].append(status)
@@ -170,7 +169,7 @@ def test_low_score_is_regenerated_to_a_higher_score(pipeline, gateway, api):
     final = watch.of(submission.question_id, topics.VALIDATED.name)[0].message
     assert final.attempt == 1
     assert final.previous_score is not None and final.previous_score <= 0.75 < final.score
-    with psycopg2.connect(pipeline.postgres.url) as conn, conn.cursor() as cur:
+    with db.connect(pipeline.postgres.url, timeout=None) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",
             (submission.question_id,),
@@ -185,7 +184,7 @@ def test_always_degraded_answers_end_low_quality_after_the_last_regeneration(pip
     submission = api.submit(question, reference)
     status = wait_terminal(api, submission.question_id)
     assert status.state == "low_quality"
-    with psycopg2.connect(pipeline.postgres.url) as conn, conn.cursor() as cur:
+    with db.connect(pipeline.postgres.url, timeout=None) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, attempt FROM responses WHERE question_id = %s", (submission.question_id,))
         assert cur.fetchall() == [("low_quality", pipeline.policies.max_regenerations)]
 
@@ -196,7 +195,7 @@ def test_retries_used_up_end_failed_with_the_reason(pipeline, gateway, api):
     submission = api.submit(question, reference)
     status = wait_terminal(api, submission.question_id)
     assert status.state == "failed"
-    with psycopg2.connect(pipeline.postgres.url) as conn, conn.cursor() as cur:
+    with db.connect(pipeline.postgres.url, timeout=None) as conn, conn.cursor() as cur:
         cur.execute("SELECT error_kind, reason FROM failed_questions WHERE question_id = %s", (submission.question_id,))
         [(kind, reason)] = cur.fetchall()
     assert kind == "exhausted" and "overload" in reason

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg2
 from pydantic import SecretStr
 
 from qactl.client import pg
@@ -43,7 +42,7 @@ def scratch_database(settings: QactlSettings, label: str) -> Iterator[QactlSetti
 
 
 def execute(settings: QactlSettings, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(settings.postgres.url, connect_timeout=5)
+    conn = db.connect(settings.postgres.url, timeout=5)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql, args)

@@ -1,9 +1,17 @@
+import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from services.common.settings import QactlSettings
+from services.common.settings import (
+    SETTINGS_FILE_ENV,
+    QactlSettings,
+    get_settings,
+    load_settings,
+    read_settings_file,
+    write_settings_file,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "qactl.example.toml"
 
@@ -50,3 +58,42 @@ def test_invalid_value_is_refused(monkeypatch):
     monkeypatch.setenv("QACTL_KAFKA__PORT", "not-a-port")
     with pytest.raises(ValueError, match="port"):
         QactlSettings()
+
+
+def test_a_config_file_given_to_load_settings_is_read_and_the_environment_is_left_alone(monkeypatch, tmp_path):
+    config = tmp_path / "given.toml"
+    config.write_text("[kafka]\nport = 19092\n")
+    before = dict(os.environ)
+    settings = load_settings(config, state_dir=tmp_path / "state")
+    assert settings.kafka.port == 19092 and settings.state_dir == tmp_path / "state"
+    assert dict(os.environ) == before
+    assert load_settings().kafka.port == 9092  # given to that call only
+
+
+def test_the_settings_file_is_private_and_round_trips_every_field_secrets_included(tmp_path):
+    settings = load_settings(
+        state_dir=tmp_path,
+        postgres={"dsn": "postgresql://u:pg-secret@db/qactl"},
+        redis={"url": "redis://:redis-secret@cache:6379/0"},
+        llm={"openai_api_key": "sk-secret", "backend": "openai"},
+        gateway={"admin_token": "token-secret", "upstream_url": "http://llm:11434"},
+        flink={"extra_config": {"state.backend.type": "rocksdb", "parallelism.default": 2}},
+        policies={"delay_scale": 0.05},
+    )
+    path = write_settings_file(settings, tmp_path / "run" / "x.settings.json")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_settings_file(path) == settings
+    for secret in ("pg-secret", "redis-secret", "sk-secret", "token-secret"):
+        assert secret in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_a_process_handed_a_settings_file_reads_only_that(monkeypatch, tmp_path):
+    path = write_settings_file(load_settings(kafka={"port": 45678}), tmp_path / "settings.json")
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
+    monkeypatch.setenv("QACTL_KAFKA__PORT", "1")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().kafka.port == 45678
+    finally:
+        get_settings.cache_clear()

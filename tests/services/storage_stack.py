@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg2
 import redis
 
 from qactl.client import kafka_admin
 from qactl.runtime.supervisor import ProcessSpec, Supervisor
-from services.common import topics
+from services.common import db, topics
 from services.common.settings import QactlSettings
 
 
@@ -44,7 +43,7 @@ def pending_end_offsets(settings: QactlSettings) -> dict[int, int]:
 
 
 def query(settings: QactlSettings, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(settings.postgres.url, connect_timeout=5)
+    conn = db.connect(settings.postgres.url, timeout=5)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql, args)

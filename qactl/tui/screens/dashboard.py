@@ -9,7 +9,7 @@ from textual.containers import Container, Grid
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from qactl.client.dashboard import Snapshot
+from qactl.dashboard.model import Snapshot
 from qactl.tui import panels
 from qactl.tui.widgets.panel import SnapshotPanel
 from qactl.tui.widgets.questions import QuestionTable

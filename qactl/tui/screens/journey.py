@@ -11,7 +11,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from qactl.client.dashboard import Journey
+from qactl.dashboard.model import Journey
 from qactl.tui import panels
 from services.common.schemas import TERMINAL_STAGES
 

@@ -16,7 +16,7 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-from qactl.client.dashboard import Snapshot
+from qactl.dashboard.model import Snapshot
 
 Render = Callable[[Snapshot, int], RenderableType]
 Part = Callable[[Snapshot], object]

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
-from qactl.client.dashboard import Snapshot
+from qactl.dashboard.model import Snapshot
 from qactl.tui.panels import QUESTION_COLUMNS, question_cells
 
 

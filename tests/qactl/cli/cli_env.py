@@ -1,4 +1,4 @@
-"""Point the CLI (its environment-read settings) at the test stack's services."""
+"""Point the CLI at the test stack's services: its root builds the settings from the environment."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import socket
 
 import pytest
 
-from services.common.settings import QactlSettings, get_settings
+from services.common.settings import QactlSettings
 
 
 def use_settings(monkeypatch: pytest.MonkeyPatch, settings: QactlSettings) -> None:
-    """The CLI process reads env: export the parts of ``settings`` the commands use."""
+    """Export the parts of ``settings`` the commands use, as a user's shell would."""
     monkeypatch.setenv("QACTL_API__PORT", str(settings.api.port))
     monkeypatch.setenv("QACTL_GATEWAY__PORT", str(settings.gateway.port))
     monkeypatch.setenv("QACTL_KAFKA__PORT", str(settings.kafka.port))
@@ -21,7 +21,6 @@ def use_settings(monkeypatch: pytest.MonkeyPatch, settings: QactlSettings) -> No
     monkeypatch.setenv("QACTL_LLM__TIMEOUT_SECONDS", str(settings.llm.timeout_seconds))
     if settings.postgres.dsn is not None:
         monkeypatch.setenv("QACTL_POSTGRES__DSN", settings.postgres.dsn.get_secret_value())
-    get_settings.cache_clear()
 
 
 def free_port() -> int:
@@ -36,7 +35,6 @@ def nothing_listening(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"QACTL_{key}__PORT", str(free_port()))
     monkeypatch.setenv("QACTL_SERVICES__METRICS_BASE_PORT", str(free_port()))
     monkeypatch.setenv("QACTL_LLM__BACKEND", "gateway")
-    get_settings.cache_clear()
 
 
 def flat(output: str) -> str:

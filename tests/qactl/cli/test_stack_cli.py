@@ -80,3 +80,37 @@ def test_doctor_passes_when_everything_is_there(monkeypatch):
     shutil.rmtree(state_dir, ignore_errors=True)
     assert result.exit_code == 0, result.output
     assert "All prerequisites are in place" in result.output
+
+
+def test_the_global_options_reach_the_commands_and_leave_the_environment_alone(tmp_path):
+    config = tmp_path / "given.toml"
+    config.write_text("[services]\nmetrics_base_port = 47300\n")
+    state_dir = tmp_path / "elsewhere"
+    (state_dir / "logs").mkdir(parents=True)
+    (state_dir / "logs" / "persister.log").write_text("a line from elsewhere\n")
+    before = dict(os.environ)
+    status = runner.invoke(app, ["--config", str(config), "status", "--json"])
+    shown = runner.invoke(app, ["--state-dir", str(state_dir), "logs", "persister"])
+    assert dict(os.environ) == before
+    assert {e["name"]: e["endpoint"] for e in json.loads(status.stdout)}["persister"] == "http://127.0.0.1:47300"
+    assert shown.exit_code == 0 and "a line from elsewhere" in shown.output
+
+
+def test_the_demo_profile_is_a_copy_of_the_settings_not_an_environment_variable(monkeypatch):
+    from qactl.runtime import stack as runtime_stack
+
+    given = []
+
+    class Recording(runtime_stack.Stack):
+        def __init__(self, settings, **kwargs):
+            given.append(settings)
+            super().__init__(settings, **kwargs)
+
+    monkeypatch.setattr(runtime_stack, "Stack", Recording)
+    before = dict(os.environ)
+    result = runner.invoke(app, ["up", "--profile", "demo", "--only", "no-such-component"])
+    assert result.exit_code == 0, result.output
+    assert "demo profile" in result.output
+    (settings,) = given
+    assert settings.policies.delay_scale == 0.05 and settings.policies.quota_delay() == 3.0
+    assert dict(os.environ) == before

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qactl.cli.main import app
-from qactl.client.response_import import import_file
+from qactl.importer.load import import_file
 from services.common.settings import QactlSettings
 from tests.qactl.cli.cli_env import flat, nothing_listening, use_settings
 from tests.qactl.scratch_db import execute, scratch_database

@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from qactl.runtime.services import SERVICES, ServiceRow, components, settings_env
-from services.common.settings import load_settings
+from qactl.runtime.services import SERVICES, ServiceRow, components
+from services.common.settings import SETTINGS_FILE_ENV, load_settings, write_settings_file
 
 
 def _by_name(settings):
@@ -54,14 +54,18 @@ def test_a_child_process_sees_exactly_the_parent_settings_including_secrets(tmp_
     settings = load_settings(
         state_dir=tmp_path,
         kafka={"port": 23092},
-        llm={"openai_api_key": "sk-test", "concurrency": 3},
+        llm={"backend": "gateway", "openai_api_key": "sk-test", "concurrency": 3},
         policies={"delay_scale": 0.05},
     )
+    (spec,) = _by_name(settings)["persister"].processes()
+    assert spec.settings == settings
+    handed = write_settings_file(spec.settings, tmp_path / "run" / "persister.settings.json")
     code = (
         "from services.common.settings import get_settings as g; s = g(); "
         "print(s.kafka.port, s.llm.openai_api_key.get_secret_value(), s.llm.concurrency, "
         "s.policies.delay_scale, s.state_dir)"
     )
-    env = {**os.environ, **settings_env(settings)}
+    # The caller's environment says otherwise: the file wins, whatever the child inherits.
+    env = {**os.environ, "QACTL_KAFKA__PORT": "1", SETTINGS_FILE_ENV: str(handed)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["23092", "sk-test", "3", "0.05", str(tmp_path)]

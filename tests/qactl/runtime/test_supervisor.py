@@ -160,19 +160,40 @@ def test_a_service_sees_the_configuration_it_is_given_not_the_callers_variables(
     supervisor: Supervisor, settings: QactlSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The caller's shell has a nested variable for a port the configuration sets otherwise.
-    from qactl.runtime.services import settings_env
-
     monkeypatch.setenv("QACTL_KAFKA__PORT", "1")
     monkeypatch.setenv("UNRELATED_VARIABLE", "kept")
     configured = load_settings(state_dir=settings.state_dir, kafka={"port": 45678})
     show = (
-        "import os; from services.common.settings import load_settings; "
-        "print('port', load_settings().kafka.port, os.environ.get('UNRELATED_VARIABLE'), flush=True); "
+        "import os; from services.common.settings import get_settings; "
+        "print('port', get_settings().kafka.port, os.environ.get('UNRELATED_VARIABLE'), "
+        "os.environ.get('QACTL_KAFKA__PORT'), flush=True); "
         "import time; time.sleep(600)"
     )
-    spec = ProcessSpec("shows-settings", [sys.executable, "-c", show], env=settings_env(configured), cwd=Path.cwd())
+    spec = ProcessSpec("shows-settings", [sys.executable, "-c", show], settings=configured, cwd=Path.cwd())
     supervisor.start(spec)
+    _wait_for_line(supervisor, "shows-settings", "port")
+    assert "port 45678 kept None" in supervisor.tail("shows-settings")
+    handed = supervisor.settings_file("shows-settings")
+    assert handed.stat().st_mode & 0o777 == 0o600
+    supervisor.stop("shows-settings", signal.SIGKILL, timeout=5)
+    assert not handed.exists()  # the secrets do not outlive the process
+
+
+def test_no_child_inherits_the_callers_qactl_variables(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QACTL_POLICIES__DELAY_SCALE", "0.05")
+    show = (
+        "import os; print('inherited', sorted(k for k in os.environ if k.startswith('QACTL_')), flush=True); "
+        "import time; time.sleep(600)"
+    )
+    spec = ProcessSpec("shows-env", [sys.executable, "-c", show], env={"QACTL_SERVICE_SLOT": "3"})
+    supervisor.start(spec)
+    _wait_for_line(supervisor, "shows-env", "inherited")
+    assert "inherited ['QACTL_SERVICE_SLOT']" in supervisor.tail("shows-env")
+
+
+def _wait_for_line(supervisor: Supervisor, name: str, text: str) -> None:
     deadline = time.monotonic() + 20
-    while "port" not in supervisor.tail("shows-settings") and time.monotonic() < deadline:
+    while text not in supervisor.tail(name) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "port 45678 kept" in supervisor.tail("shows-settings")

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-from qactl.client.dashboard import (
+from qactl.dashboard.model import (
     ComponentRow,
     FlinkJobRow,
     GroupLag,

@@ -8,7 +8,7 @@ import time
 import pytest
 from textual.widgets import Static
 
-from qactl.client.dashboard_backends import Actions
+from qactl.dashboard.actions import Actions
 from qactl.tui.app import QactlWatchApp, make_app
 from qactl.tui.screens.dashboard import DashboardScreen
 from qactl.tui.screens.help import HelpScreen
@@ -307,7 +307,7 @@ async def test_one_demo_case_at_a_time(source):
 
 
 async def test_make_app_wires_the_real_source_and_actions():
-    from qactl.client.dashboard import DashboardSource
+    from qactl.dashboard.source import DashboardSource
     from qactl.client.gateway import GatewayFaultInjector
     from qactl.demo.runner import StackDemoFirer
 

@@ -15,11 +15,13 @@ def test_watch_is_a_command_with_a_refresh_option():
     assert "--refresh" in result.output
 
 
-def test_a_refresh_out_of_range_is_one_line_and_exit_1():
-    result = runner.invoke(app, ["watch", "--refresh", "0"])
-    assert result.exit_code == 1
-    assert "--refresh must be between" in result.output
-    assert "Traceback" not in result.output
+def test_a_refresh_out_of_range_is_a_usage_error_that_names_the_range():
+    for refresh, bound in (("0", "greater than or equal to 0.1"), ("3601", "less than or equal to 3600")):
+        result = runner.invoke(app, ["watch", "--refresh", refresh])
+        assert result.exit_code == 2
+        shown = " ".join(result.output.replace("│", " ").split())
+        assert "Invalid value for '--refresh'" in shown and bound in shown
+        assert "Traceback" not in result.output
 
 
 def test_a_refresh_that_is_not_a_number_is_a_usage_error():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qactl.client.dashboard import RegenerationOutcomes, histogram, score_edges
+from qactl.dashboard.model import RegenerationOutcomes, histogram, score_edges
 from qactl.tui import panels
 from tests.qactl.tui.conftest import render_text
 from tests.qactl.tui.recorded import T0, recorded_journey, recorded_snapshot
@@ -120,6 +120,6 @@ def test_journey_timeline_shows_waits_errors_delays_and_scores():
 
 
 def test_journey_without_hops_says_so():
-    from qactl.client.dashboard import Journey
+    from qactl.dashboard.model import Journey
 
     assert "no hops recorded" in render_text(panels.journey(Journey("q-x", ()), 0.75))

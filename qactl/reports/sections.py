@@ -16,6 +16,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from qactl.client import pg
 from qactl.errors import QactlError, StackNotRunning
 
 NOT_MEASURED = "not measured yet"
@@ -43,11 +44,7 @@ class Section:
 
 
 def connect(dsn: str) -> psycopg2.extensions.connection:
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=5, application_name="qactl-metrics")
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StackNotRunning(f"PostgreSQL is not reachable ({first}); start it with `qactl up`") from None
+    conn = pg.connect_to_stack(dsn, "qactl-metrics")
     conn.set_session(readonly=True, autocommit=True)
     return conn
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from qactl.client.metrics import NOT_MEASURED, collect
+from qactl.reports.sections import NOT_MEASURED, collect
 from qactl.traffic.runner import RunResult, Sample
 from qactl.traffic.store import record_run
 from services.common.settings import QactlSettings

@@ -11,10 +11,11 @@ from datetime import timedelta
 import pytest
 import redis
 
-from qactl.client.dashboard_backends import RedisLiveProbe
+from qactl.dashboard.redis_probe import RedisLiveProbe
 from services.common.schemas import ErrorInfo, ErrorKind, Hop, Stage
 from services.common.settings import load_settings
 from services.common.status import StatusTracker
+from services.common.waiting import poll_until
 from tests.qactl.tui.recorded import T0
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
@@ -36,16 +37,16 @@ def redis_url(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
+
+    def answers() -> bool:
         try:
-            client.ping()
-            break
+            return bool(client.ping())
         except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.05)
+            return False
+
+    if not poll_until(answers, timeout=10, interval=0.05):
+        server.kill()
+        raise AssertionError(f"redis-server on port {port} did not answer within 10 s")
     client.close()
     yield f"redis://127.0.0.1:{port}/0"
     server.terminate()

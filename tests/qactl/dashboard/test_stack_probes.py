@@ -4,18 +4,20 @@ part of the test, the rest of the snapshot must still arrive)."""
 from __future__ import annotations
 
 import random
-import time
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from qactl.client import pg
-from qactl.client.dashboard import DashboardSource, histogram, score_edges
-from qactl.client.dashboard_backends import KafkaAdminProbe, PostgresQualityProbe
+from qactl.dashboard.kafka_probe import KafkaAdminProbe
+from qactl.dashboard.model import histogram, score_edges
+from qactl.dashboard.postgres_probe import PostgresQualityProbe
+from qactl.dashboard.source import DashboardSource
 from services.common import topics
 from services.common.schemas import Hop, Stage
 from services.common.status import StatusTracker
+from services.common.waiting import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -113,10 +115,9 @@ def test_a_full_snapshot_of_the_real_stack(infra_settings, clean_tables):
         tracker.record(qid, Hop(stage=Stage.queued, topic=topics.QUESTIONS_PENDING.name))
         produce(infra_settings, topics.QUESTIONS_PENDING.name, 3)
         snap = source.snapshot()
-        deadline = time.monotonic() + 60
-        while not (health := source.snapshot().components):  # the health round runs on its own
-            assert time.monotonic() < deadline, "no health round finished"
-            time.sleep(0.2)
+        # The health round runs on its own thread.
+        health = poll_until(lambda: source.snapshot().components, timeout=60, interval=0.2)
+        assert health, "no health round finished"
     finally:
         source.close()
         tracker.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qactl.client.metrics import Section
+from qactl.reports.sections import Section
 
 
 def _pyplot() -> Any:

@@ -1,68 +1,24 @@
-"""The dashboard's data layer: rates, bins, retries, and a source that survives dead backends."""
+"""The dashboard's source: rates across polls, and snapshots that survive dead backends."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 import pytest
 
-from qactl.client.dashboard import (
-    DashboardSource,
-    FlowTracker,
+from qactl.dashboard.model import (
+    ComponentRow,
     GroupLag,
     QuestionRow,
     RegenerationOutcomes,
     ScoreHistogram,
-    histogram,
-    retries_from_delay_topics,
-    score_edges,
 )
+from qactl.dashboard.source import DashboardSource
 from services.common.schemas import Hop, Stage
 from services.common.settings import load_settings
+from services.common.waiting import poll_until
 from tests.qactl.tui.recorded import T0
-
-
-def test_flow_tracker_turns_offsets_into_rates_and_history():
-    flow = FlowTracker(history=3)
-    first = flow.update({"a": 100, "b": 5}, now=10.0, kinds={"b": "delay"})
-    assert [f.rate for f in first] == [None, None]
-    assert first[1].kind == "delay"
-    flow.update({"a": 120, "b": 5}, now=12.0, kinds={})
-    flow.update({"a": 150, "b": 6}, now=13.0, kinds={})
-    flow.update({"a": 150, "b": 6}, now=14.0, kinds={})
-    last = flow.update({"a": 10, "b": 6}, now=15.0, kinds={})  # topic recreated: offsets restart
-    a = last[0]
-    assert a.end_offset == 10
-    assert a.rate == 0.0
-    assert a.history == (30.0, 0.0, 0.0)  # only the last three of 10, 30, 0, 0
-
-
-def test_score_edges_put_the_threshold_on_an_edge():
-    for threshold in (0.75, 0.8, 0.62):
-        edges = score_edges(threshold)
-        assert any(abs(e - threshold) < 1e-9 for e in edges)
-        assert edges[0] <= 0.0 + 0.05 and edges[-1] >= 1.0 - 0.05
-
-
-def test_histogram_keeps_out_of_range_scores():
-    hist = histogram([-0.2, 1.3, 0.5], score_edges(0.75), 0.75)
-    assert hist.total == 3
-    assert hist.counts[0] == 1 and hist.counts[-1] == 1
-
-
-def test_retries_come_from_the_delay_topics_with_the_policy_delays():
-    settings = load_settings(policies={"delay_scale": 0.5})
-    offsets = {"retry-overload-delay-0": 7, "retry-overload-delay-1": 3, "retry-overload-delay-2": 1,
-               "retry-quota-delay": 4, "questions-pending": 99}
-    buckets = retries_from_delay_topics(offsets, settings)
-    assert [(b.kind, b.attempt, b.count, b.delay_seconds) for b in buckets] == [
-        ("overload", 1, 7, 0.5),
-        ("overload", 2, 3, 1.0),
-        ("overload", 3, 1, 2.0),
-        ("quota", None, 4, 30.0),
-    ]
 
 
 class Offsets:
@@ -139,10 +95,7 @@ def test_a_dead_backend_leaves_its_part_empty_and_says_why():
 
 
 def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    assert poll_until(condition, timeout=timeout, interval=0.01), "condition not met in time"
 
 
 def test_a_failing_health_probe_is_reported_like_any_other_part():
@@ -167,8 +120,6 @@ def test_question_text_is_looked_up_once_per_id():
 
 
 def test_health_runs_on_its_own_thread_and_never_holds_up_a_poll():
-    from qactl.client.dashboard import ComponentRow
-
     release = threading.Event()
     rounds = []
 
@@ -195,29 +146,3 @@ def test_journey_comes_from_redis_then_from_postgresql_once_expired():
     assert live.question == "text of q-1"
     stored = source.journey("q-old")
     assert stored.stage == Stage.failed and stored.question == "text of q-old"
-
-
-def test_records_through_a_job_read_from_flink_job_detail():
-    from qactl.client.dashboard_backends import records_through
-
-    # The shape of GET /jobs/<jid> (vertices with metrics, and the plan with inputs).
-    detail = {
-        "vertices": [
-            {"id": "src", "name": "Source: llm-responses-success", "metrics": {"read-records": 0, "write-records": 120}},
-            {"id": "score", "name": "score-and-route", "metrics": {"read-records": 118, "write-records": 117}},
-            {"id": "sink", "name": "Sink: validated-responses", "metrics": {"read-records": 110, "write-records": 0}},
-            {"id": "sink2", "name": "Sink: questions-pending", "metrics": {"read-records": 7, "write-records": 0}},
-        ],
-        "plan": {
-            "nodes": [
-                {"id": "src", "inputs": []},
-                {"id": "score", "inputs": [{"id": "src", "ship_strategy": "HASH"}]},
-                {"id": "sink", "inputs": [{"id": "score", "ship_strategy": "FORWARD"}]},
-                {"id": "sink2", "inputs": [{"id": "score", "ship_strategy": "FORWARD"}]},
-            ]
-        },
-    }
-    assert records_through(detail) == (120, 117)
-    chained = {"vertices": [{"id": "v", "metrics": {"write-records": 0}}], "plan": {"nodes": [{"id": "v"}]}}
-    assert records_through(chained) == (0, None)
-    assert records_through({}) == (None, None)

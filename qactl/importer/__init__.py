@@ -1,0 +1,1 @@
+"""The import of an earlier run's response.json into PostgreSQL, the baseline of `qactl metrics`."""

@@ -1,0 +1,1 @@
+"""What `qactl metrics` reports: sections read from PostgreSQL, and their PNG charts."""
