@@ -4,7 +4,7 @@ consumer benchmark), and how close it keeps to its configured latency under conc
     python bench/gateway_throughput.py [--calls 2000] [--concurrency 32] [--latency-ms 0] [--port 21090]
 
 Starts ``python -m services.llm_gateway`` as its own process, drives it with the consumer's
-GatewayBackend, prints calls/s and latency percentiles.
+SimulatedBackend, prints calls/s and latency percentiles.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import httpx
 
 from services.common.prompts import build_prompt
 from services.common.knowledge_base import default_knowledge_base
-from services.llm_consumer.backends import GatewayBackend
+from services.llm_consumer.backends import SimulatedBackend
 
 
 async def drive(url: str, calls: int, concurrency: int) -> tuple[float, list[float]]:
     questions = [e.question for e in default_knowledge_base().entries]
     latencies: list[float] = []
     semaphore = asyncio.Semaphore(concurrency)
-    async with GatewayBackend(url, "qactl-sim", 30.0) as backend:
+    async with SimulatedBackend(url, "qactl-sim", 30.0) as backend:
 
         async def one(i: int) -> None:
             async with semaphore:

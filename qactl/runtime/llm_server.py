@@ -15,6 +15,7 @@ from qactl.client import llm_server as server_client
 from qactl.runtime import llama_build
 from qactl.runtime.component import Component, Report
 from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor
+from services.common.backend_choice import resolve_backend_kind
 from services.common.settings import QactlSettings
 
 NAME = "llm-server"
@@ -68,7 +69,9 @@ def process(settings: QactlSettings) -> ProcessSpec:
     )
 
 
-def health(settings: QactlSettings) -> Health:
+def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Health:
+    if supervisor is not None and not supervisor.is_running(NAME):
+        return Health(False, f"{NAME} process not running")
     state = server_client.probe(settings.llm_server.base_url)
     data = {
         "model": state.model,
@@ -81,15 +84,13 @@ def health(settings: QactlSettings) -> Health:
 
 
 def components(settings: QactlSettings) -> list[Component]:
-    from services.llm_consumer.backends import resolve_backend_kind
-
     if resolve_backend_kind(settings) != "local":
         return []
     supervisor = Supervisor(settings)
     return [
         Component(
             name=NAME,
-            health=lambda: health(settings),
+            health=lambda: health(settings, supervisor),
             processes=lambda: [process(settings)],
             provision=lambda report: provision(settings, report),
             endpoint=settings.llm_server.base_url,

@@ -21,7 +21,7 @@ from qactl.runtime.component import Component
 from qactl.runtime.supervisor import Health, Port, ProcessSpec
 from services.common.settings import QactlSettings
 from services.common.slots import REPLICA_ENV, SLOT_ENV
-from services.llm_consumer.backends import resolve_backend_kind
+from services.common.backend_choice import gateway_needed
 
 _one: Callable[[QactlSettings], int] = lambda s: 1  # noqa: E731
 _always: Callable[[QactlSettings], bool] = lambda s: True  # noqa: E731
@@ -44,13 +44,6 @@ class ServiceRow:
     enabled: Callable[[QactlSettings], bool] = _always
     depends_on: tuple[str, ...] = ("kafka",)
     stop_timeout: float = 30.0
-
-
-def gateway_needed(settings: QactlSettings) -> bool:
-    """The built-in gateway runs when it is the backend, or when it fronts a real upstream LLM."""
-    if settings.gateway.upstream_url:
-        return True
-    return resolve_backend_kind(settings) == "gateway"
 
 
 SERVICES: tuple[ServiceRow, ...] = (

@@ -20,14 +20,21 @@ def _ignore(component: str, phase: str, detail: str) -> None:
 
 
 def declared_components(settings: QactlSettings) -> list[Component]:
-    """Every component in start order; `qactl down` walks this list backwards."""
-    from qactl.runtime import flink, kafka, postgres, redis, score_job, services
+    """Every component in start order; `qactl down` walks this list backwards.
 
+    ``llm.backend = "auto"`` is resolved here, once: every component, and every child through
+    its settings file, then works with the same concrete backend.
+    """
+    from qactl.runtime import flink, kafka, llm_server, postgres, redis, score_job, services
+    from services.common.backend_choice import resolved
+
+    settings = resolved(settings)
     return [
         *kafka.components(settings),
         *flink.components(settings),
         *postgres.components(settings),
         *redis.components(settings),
+        *llm_server.components(settings),
         *services.components(settings),
         *score_job.components(settings),
     ]

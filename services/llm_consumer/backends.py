@@ -26,21 +26,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from services.common.backend_choice import auto_choice
 from services.common.prompts import SYSTEM
 from services.common.schemas import ErrorInfo, ErrorKind
 from services.common.settings import LLMSettings, QactlSettings
 
-# Sent by the built-in gateway, so that "auto" does not mistake it for a real Ollama.
-GATEWAY_HEADER = "x-qactl-gateway"
 QUOTA_CODES = frozenset({"insufficient_quota"})
-BackendKind = Literal["local", "ollama", "openai", "simulated"]
-
-
 @dataclass(frozen=True)
 class Sampling:
     """How attempt ``n`` samples: hotter and with another seed for each regeneration."""
@@ -282,82 +278,13 @@ class LocalBackend(OpenAIBackend):
 # --- choosing one ---
 
 
-@dataclass(frozen=True)
-class OllamaProbe:
-    """What a short ``GET /api/tags`` at the Ollama URL found."""
-
-    answered: bool
-    is_gateway: bool = False
-    models: tuple[str, ...] = ()
-    detail: str = ""
-
-
-def probe_ollama(url: str, timeout_seconds: float = 1.0) -> OllamaProbe:
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=timeout_seconds)
-        response.raise_for_status()
-        body = response.json()
-        models = tuple(str(m.get("model") or m.get("name")) for m in body.get("models", []))
-    except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
-        return OllamaProbe(answered=False, detail=f"{type(exc).__name__}")
-    return OllamaProbe(answered=True, is_gateway=GATEWAY_HEADER in response.headers, models=models)
-
-
-def _ollama_model(wanted: str, available: tuple[str, ...]) -> str | None:
-    """The configured model if the Ollama has it (with or without ``:latest``), else its first."""
-    for name in available:
-        if name == wanted or name == f"{wanted}:latest":
-            return name
-    return available[0] if available else None
-
-
-def _auto(settings: QactlSettings, probe_timeout: float) -> tuple[BackendKind, str, str]:
-    """(kind, model, why) for backend "auto": a real Ollama with a model, else the local model server."""
-    llm = settings.llm
-    probe = probe_ollama(llm.ollama_url, probe_timeout)
-    if probe.answered and not probe.is_gateway:
-        model = _ollama_model(llm.model, probe.models)
-        if model is not None:
-            return "ollama", model, "auto: Ollama answered"
-        return "local", llm.model, f"auto: Ollama at {llm.ollama_url} has no model"
-    if probe.answered:
-        return "local", llm.model, "auto: the built-in gateway, not an Ollama, answered at the Ollama URL"
-    return "local", llm.model, f"auto: no Ollama at {llm.ollama_url}"
-
-
-def resolve_backend_kind(settings: QactlSettings, probe_timeout: float = 1.0) -> BackendKind:
-    """Which kind of backend the consumers will use (``auto`` probes Ollama)."""
-    if settings.llm.backend != "auto":
-        return settings.llm.backend
-    return _auto(settings, probe_timeout)[0]
-
-
-def gateway_upstream(settings: QactlSettings, kind: BackendKind) -> str | None:
-    """The real LLM the gateway forwards to: the configured one, else the local model server."""
-    if settings.gateway.upstream_url:
-        return settings.gateway.upstream_url
-    return settings.llm_server.base_url if kind == "local" else None
-
-
-def consumer_concurrency(settings: QactlSettings, kind: BackendKind) -> int:
-    """Calls in flight per consumer replica: enough to keep the local server's slots busy
-    (one call more than its slots over all replicas, so a slot never waits for the next
-    request), and no more, or calls queue inside the server and time out there."""
-    if settings.llm.concurrency is not None:
-        return settings.llm.concurrency
-    if kind != "local":
-        return 8
-    replicas = max(1, settings.services.llm_consumer_replicas)
-    return max(1, -(-(settings.llm_server.slots + 1) // replicas))
-
-
 def choose_backend(settings: QactlSettings, probe_timeout: float = 1.0) -> tuple[LLMBackend, str]:
     """The backend of the settings, and a one-line description for logs and ``qactl status``."""
     llm = settings.llm
     sampling = Sampling.from_settings(llm)
     kind, model, why = llm.backend, llm.model, ""
     if kind == "auto":
-        kind, model, why = _auto(settings, probe_timeout)
+        kind, model, why = auto_choice(settings, probe_timeout)
     backend: LLMBackend
     if kind == "openai":
         backend = OpenAIBackend(llm.openai_base_url, model, llm.timeout_seconds, llm.openai_api_key, sampling)

@@ -15,6 +15,7 @@ import uvicorn
 
 from services.common.runner import install_stop_handlers, setup_logging
 from services.common.settings import get_settings
+from services.common.backend_choice import gateway_upstream, resolve_backend_kind
 from services.llm_gateway.app import create_app
 
 
@@ -31,7 +32,8 @@ def main() -> int:
     settings = get_settings()
     log = setup_logging("llm-gateway")
     stop = install_stop_handlers()
-    gateway = settings.gateway
+    upstream = gateway_upstream(settings, resolve_backend_kind(settings))
+    gateway = settings.gateway.model_copy(update={"upstream_url": upstream})
     app = create_app(
         gateway,
         model=settings.llm.model,

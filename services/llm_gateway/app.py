@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from services.common.backend_choice import GATEWAY_HEADER  # tells auto this is no real Ollama
 from services.common.knowledge_base import KnowledgeBase, default_knowledge_base
 from services.common.prompts import parse_prompt
 from services.common.settings import GatewaySettings
@@ -23,8 +24,9 @@ from services.llm_gateway.answers import Answerer
 from services.llm_gateway.faults import ERROR_KINDS, CallStats, FaultBook
 from services.llm_gateway.upstream import Upstream
 
-GATEWAY_HEADER = "X-Qactl-Gateway"  # lets `choose_backend` tell this simulator from a real Ollama
 GATEWAY_VERSION = "0.6.0-qactl"
+# The model named on an answer that a degrade fault wrote: never passed off as the real model's.
+DEGRADED_MODEL = "qactl-gateway-degrade-fault"
 
 Endpoint = Literal["generate", "chat", "openai"]
 R = TypeVar("R", bound=BaseModel)
@@ -217,6 +219,8 @@ async def _call(
     elapsed_ns = int((time.perf_counter() - started) * 1e9)
     if rule is None or rule.kind == "degrade":
         state.record(endpoint, question, "ok" if rule is None else "degraded", started)
+    if rule is not None and rule.kind == "degrade":
+        model = DEGRADED_MODEL
     return _render(endpoint, model, prompt, answer, stream, elapsed_ns)
 
 

@@ -23,11 +23,9 @@ from services.llm_consumer.backends import (
     Sampling,
     SimulatedBackend,
     choose_backend,
-    consumer_concurrency,
-    gateway_upstream,
     parse_retry_after,
-    resolve_backend_kind,
 )
+from services.common.backend_choice import consumer_concurrency, gateway_upstream, resolve_backend_kind
 from tests.services.llm_consumer.scripted_http import Script, scripted_server
 from tests.services.llm_gateway.server import RunningGateway, free_port, running_gateway
 

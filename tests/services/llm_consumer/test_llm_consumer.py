@@ -19,7 +19,7 @@ from services.common.prompts import build_prompt, parse_prompt
 from services.common.schemas import DeadLetter, ErrorKind, LLMAnswer, LLMError, QuestionMessage, Stage
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
-from services.llm_consumer.backends import GatewayBackend, LLMResult, OllamaBackend
+from services.llm_consumer.backends import SimulatedBackend, LLMResult, OllamaBackend
 from services.llm_consumer.consumer import LLMConsumer
 from services.retry.policy import RetryKind
 from services.retry.service import RetryService
@@ -49,7 +49,7 @@ def consumer_with(settings: QactlSettings, generate: Callable, name: str = "gate
 
 
 def gateway_consumer(settings: QactlSettings, base_url: str | None = None):
-    backend = GatewayBackend(base_url or settings.gateway.base_url, settings.llm.model, settings.llm.timeout_seconds)
+    backend = SimulatedBackend(base_url or settings.gateway.base_url, settings.llm.model, settings.llm.timeout_seconds)
     return consumer_with(settings, backend.generate)
 
 

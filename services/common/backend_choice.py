@@ -1,0 +1,102 @@
+"""Which LLM the pipeline talks to: ``llm.backend`` resolved, and what follows from it.
+
+``auto`` is a real Ollama when one answers at ``llm.ollama_url`` with a model, else the local
+model server (llama.cpp). The gateway runs in front of the local model server and of a
+configured upstream, and is itself the simulator for ``simulated``. Shared by the runtime (what
+to start), the gateway (where to forward) and the consumers (whom to call, how many at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from services.common.settings import QactlSettings
+
+# Sent by the built-in gateway, so that "auto" does not mistake it for a real Ollama.
+GATEWAY_HEADER = "x-qactl-gateway"
+BackendKind = Literal["local", "ollama", "openai", "simulated"]
+
+
+@dataclass(frozen=True)
+class OllamaProbe:
+    """What a short ``GET /api/tags`` at the Ollama URL found."""
+
+    answered: bool
+    is_gateway: bool = False
+    models: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def probe_ollama(url: str, timeout_seconds: float = 1.0) -> OllamaProbe:
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=timeout_seconds)
+        response.raise_for_status()
+        body = response.json()
+        models = tuple(str(m.get("model") or m.get("name")) for m in body.get("models", []))
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+        return OllamaProbe(answered=False, detail=f"{type(exc).__name__}")
+    return OllamaProbe(answered=True, is_gateway=GATEWAY_HEADER in response.headers, models=models)
+
+
+def _ollama_model(wanted: str, available: tuple[str, ...]) -> str | None:
+    """The configured model if the Ollama has it (with or without ``:latest``), else its first."""
+    for name in available:
+        if name == wanted or name == f"{wanted}:latest":
+            return name
+    return available[0] if available else None
+
+
+def auto_choice(settings: QactlSettings, probe_timeout: float) -> tuple[BackendKind, str, str]:
+    """(kind, model, why) for backend "auto": a real Ollama with a model, else the local model server."""
+    llm = settings.llm
+    probe = probe_ollama(llm.ollama_url, probe_timeout)
+    if probe.answered and not probe.is_gateway:
+        model = _ollama_model(llm.model, probe.models)
+        if model is not None:
+            return "ollama", model, "auto: Ollama answered"
+        return "local", llm.model, f"auto: Ollama at {llm.ollama_url} has no model"
+    if probe.answered:
+        return "local", llm.model, "auto: the built-in gateway, not an Ollama, answered at the Ollama URL"
+    return "local", llm.model, f"auto: no Ollama at {llm.ollama_url}"
+
+
+def resolve_backend_kind(settings: QactlSettings, probe_timeout: float = 1.0) -> BackendKind:
+    """Which kind of backend the consumers will use (``auto`` probes Ollama)."""
+    if settings.llm.backend != "auto":
+        return settings.llm.backend
+    return auto_choice(settings, probe_timeout)[0]
+
+
+def resolved(settings: QactlSettings, probe_timeout: float = 1.0) -> QactlSettings:
+    """The settings with ``auto`` replaced by the backend it stands for now."""
+    if settings.llm.backend != "auto":
+        return settings
+    kind = resolve_backend_kind(settings, probe_timeout)
+    return settings.model_copy(update={"llm": settings.llm.model_copy(update={"backend": kind})})
+
+
+def gateway_needed(settings: QactlSettings) -> bool:
+    """The gateway fronts the local model server and a configured upstream, and is the simulator."""
+    return bool(settings.gateway.upstream_url) or resolve_backend_kind(settings) in ("local", "simulated")
+
+
+def gateway_upstream(settings: QactlSettings, kind: BackendKind) -> str | None:
+    """The real LLM the gateway forwards to: the configured one, else the local model server."""
+    if settings.gateway.upstream_url:
+        return settings.gateway.upstream_url
+    return settings.llm_server.base_url if kind == "local" else None
+
+
+def consumer_concurrency(settings: QactlSettings, kind: BackendKind) -> int:
+    """Calls in flight per consumer replica: enough to keep the local server's slots busy
+    (one call more than its slots over all replicas, so a slot never waits for the next
+    request), and no more, or calls queue inside the server and time out there."""
+    if settings.llm.concurrency is not None:
+        return settings.llm.concurrency
+    if kind != "local":
+        return 8
+    replicas = max(1, settings.services.llm_consumer_replicas)
+    return max(1, -(-(settings.llm_server.slots + 1) // replicas))
