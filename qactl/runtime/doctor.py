@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from qactl.errors import QactlError
 from services.common.settings import QactlSettings
 
 DISK_WARN_BYTES = 5 * 1024**3
@@ -112,6 +113,40 @@ def check_pyflink(settings: QactlSettings) -> Check:
     return Check("pyflink", True, f"{home} ({jar.name})")
 
 
+def check_llm_server(settings: QactlSettings) -> Check:
+    """The local model server: built and fetched already, or what building it needs."""
+    from qactl.runtime import llama_build, llm_server
+    from services.common.backend_choice import resolve_backend_kind
+
+    kind = resolve_backend_kind(settings)
+    if kind != "local":
+        return Check("llm server", True, f"not needed: llm.backend resolves to {kind}")
+    binary, model = llm_server.binary(settings), llm_server.model_file(settings)
+    if settings.llm_server.model_path is not None:
+        try:
+            llama_build.check_gguf(model)
+        except QactlError as exc:
+            return Check("llm server", False, str(exc), "point llm_server.model_path at a GGUF file, or unset it")
+    if binary.is_file():
+        cached = "model cached" if model.is_file() else f"model to fetch at the first `qactl up` ({llama_build.SMOLLM2_135M.size / 1e6:.0f} MB)"
+        return Check("llm server", True, f"{binary} ({cached})")
+    missing = llama_build.build_tools_missing()
+    if missing:
+        return Check(
+            "llm server",
+            False,
+            f"llama-server is not built and building it needs {', '.join(missing)}",
+            "apt-get install -y cmake g++, or run with the simulator: QACTL_LLM__BACKEND=simulated",
+        )
+    return Check(
+        "llm server",
+        True,
+        f"to build at the first `qactl up` or `qactl llm build` (cmake and a compiler found; about "
+        f"{llama_build.BUILD_MINUTES_ON_TWO_CORES} min on 2 cores, once per machine)",
+        warning=True,
+    )
+
+
 def check_ports(settings: QactlSettings) -> list[Check]:
     """Every port a managed process binds: free, or held by that very process of ours."""
     from qactl.runtime.stack import declared_components
@@ -184,6 +219,7 @@ def run_checks(settings: QactlSettings) -> list[Check]:
         check_postgres(settings),
         check_redis(settings),
         check_pyflink(settings),
+        check_llm_server(settings),
         check_state_dir(settings),
         check_disk(settings),
         *check_ports(settings),

@@ -104,3 +104,39 @@ def test_a_state_dir_the_postgres_user_cannot_reach_is_a_clear_error() -> None:
         postgres.check_reachable(private / "state", "postgres")
     finally:
         shutil.rmtree(private)
+
+
+def local_settings(tmp: Path, **llm_server: object):
+    # An Ollama URL where nothing listens: auto means the local model server.
+    return load_settings(
+        state_dir=tmp / "state", cache_dir=tmp / "cache", llm={"backend": "auto", "ollama_url": "http://127.0.0.1:9"},
+        llm_server=llm_server,
+    )
+
+
+def test_llm_server_without_cmake_or_compiler_says_how_to_get_them(isolated_env: Path, empty_path: Path) -> None:
+    check = doctor.check_llm_server(local_settings(empty_path.parent))
+    assert not check.ok
+    assert "cmake" in check.detail and "C++ compiler" in check.detail
+    assert "apt-get install -y cmake g++" in check.fix and "QACTL_LLM__BACKEND=simulated" in check.fix
+
+
+def test_llm_server_to_be_built_is_a_warning_with_the_time_it_takes(isolated_env: Path, empty_path: Path) -> None:
+    for tool in ("cmake", "cc", "c++"):
+        (empty_path / tool).write_text("#!/bin/sh\n")
+        (empty_path / tool).chmod(0o755)
+    check = doctor.check_llm_server(local_settings(empty_path.parent))
+    assert check.ok and check.warning and "min on 2 cores" in check.detail
+
+
+def test_llm_server_model_that_is_not_gguf_is_refused(isolated_env: Path, empty_path: Path) -> None:
+    bogus = empty_path.parent / "model.gguf"
+    bogus.write_bytes(b"<html>not a model</html>")
+    check = doctor.check_llm_server(local_settings(empty_path.parent, model_path=str(bogus)))
+    assert not check.ok and "not a GGUF model" in check.detail
+
+
+def test_llm_server_not_needed_with_the_simulator(isolated_env: Path, empty_path: Path) -> None:
+    settings = load_settings(state_dir=empty_path.parent / "s", llm={"backend": "simulated"})
+    check = doctor.check_llm_server(settings)
+    assert check.ok and "simulated" in check.detail
