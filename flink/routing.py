@@ -102,17 +102,13 @@ def route(answer: LLMAnswer, score: float | None, policies: Policies) -> Routing
             score=score,
             note=f"score {score:.3f} <= {threshold}: regeneration {attempt} of {policies.max_regenerations}",
         )
-        fields = answer.model_dump(include=set(QuestionMessage.model_fields))
-        question = QuestionMessage.model_validate(fields).model_copy(
-            update={
-                "attempt": attempt,
-                "previous_answer": answer.answer,
-                "previous_score": score,
-                # A new generation starts clean; the retry counts stay (a per-question budget).
-                "last_error": None,
-                "timestamps": {**answer.timestamps, Stage.regenerating.value: now},
-                "hops": [*answer.hops, hop],
-            }
+        question = answer.advance(
+            hop,
+            attempt=attempt,
+            previous_answer=answer.answer,
+            previous_score=score,
+            # A new generation starts clean; the retry counts stay (a per-question budget).
+            last_error=None,
         )
         return Routing(topics.QUESTIONS_PENDING.name, question)
 
@@ -129,12 +125,4 @@ def route(answer: LLMAnswer, score: float | None, policies: Policies) -> Routing
 
 def _scored(answer: LLMAnswer, score: float | None, threshold: float, hop: Hop) -> ScoredAnswer:
     scores = scores_so_far(answer) + ([score] if score is not None else [])
-    return ScoredAnswer(
-        **answer.model_dump(exclude={"hops", "timestamps"}),
-        timestamps={**answer.timestamps, hop.stage.value: hop.at},
-        hops=[*answer.hops, hop],
-        score=score,
-        threshold=threshold,
-        scored_at=hop.at,
-        scores=scores,
-    )
+    return answer.advance(hop, ScoredAnswer, score=score, threshold=threshold, scored_at=hop.at, scores=scores)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.text import Text
 
 from qactl.cli.common import console, settings
 from services.common.schemas import Hop, Stage
@@ -19,51 +17,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 
-POLL_SECONDS = 0.5
-
 # Exit codes: 0 validated (or accepted, without --follow); QactlError -> 1 (at the CLI edge).
 EXIT_CODES = {Stage.validated: 0, Stage.low_quality: 2, Stage.failed: 3}
 EXIT_TIMEOUT = 4
-
-_STAGE_STYLE = {
-    Stage.queued: "cyan",
-    Stage.generating: "blue",
-    Stage.retrying_overload: "yellow",
-    Stage.retrying_quota: "yellow",
-    Stage.scoring: "magenta",
-    Stage.regenerating: "yellow",
-    Stage.validated: "bold green",
-    Stage.low_quality: "bold yellow",
-    Stage.failed: "bold red",
-}
-
-
-def describe_hop(hop: Hop, started: float | None = None) -> Text:
-    """One line of narration for a hop: when, which stage, and what happened there."""
-    line = Text()
-    elapsed = f"+{hop.at.timestamp() - started:.2f}s " if started is not None else ""
-    line.append(f"{hop.at:%H:%M:%S}.{hop.at.microsecond // 1000:03d} {elapsed}", style="dim")
-    line.append(f"{hop.stage.value:<18}", style=_STAGE_STYLE.get(hop.stage, ""))
-    if hop.topic:
-        line.append(f"-> {hop.topic}  ", style="dim")
-    details = []
-    if hop.attempt:
-        details.append(f"attempt {hop.attempt}")
-    if hop.error is not None:
-        code = f" {hop.error.status_code}" if hop.error.status_code else ""
-        details.append(f"{hop.error.kind.value}{code}: {hop.error.message}".strip())
-    if hop.score is not None:
-        details.append(f"score {hop.score:.3f}")
-    if hop.delay_seconds is not None:
-        details.append(f"wait {hop.delay_seconds:.1f}s")
-    if hop.note:
-        details.append(hop.note)
-    line.append(", ".join(details))
-    return line
-
-
-def _hop_id(hop: Hop) -> tuple[str, str, int]:
-    return (hop.stage.value, hop.at.isoformat(), hop.attempt)
 
 
 def _print_submission(submission: Submission) -> None:
@@ -87,27 +43,26 @@ def _print_answer(state: str, answer: str | None, score: float | None, model: st
     console.print(Panel(escape(answer or ""), title=title, border_style=style, expand=False))
 
 
-def follow(client: StorageApiClient, question_id: str, timeout: float, as_json: bool) -> QuestionStatus | None:
-    """Poll the status every 500 ms, narrating new hops, until a terminal state or the timeout."""
-    seen: set[tuple[str, str, int]] = set()
+def follow(client: StorageApiClient, question_id: str, timeout: float, as_json: bool) -> QuestionStatus:
+    """Follow the question until a terminal state or the timeout, narrating each new hop."""
+    from qactl.client.api import POLL_SECONDS
+    from qactl.journey import hop_line
+
     started: float | None = None
-    deadline = time.monotonic() + timeout
-    last: QuestionStatus | None = None
+
+    def narrate(hop: Hop) -> None:
+        nonlocal started
+        started = hop.at.timestamp() if started is None else started
+        if not as_json:
+            console.print(hop_line(hop, started))
+
     with console.status("following...", spinner="dots") as spinner:
-        while True:
-            last = client.status(question_id)
-            for hop in sorted(last.hops, key=lambda h: h.at):
-                if _hop_id(hop) in seen:
-                    continue
-                seen.add(_hop_id(hop))
-                started = hop.at.timestamp() if started is None else started
-                if not as_json:
-                    console.print(describe_hop(hop, started))
-            if last.terminal or time.monotonic() >= deadline:
-                return last
+
+        def waiting(status: QuestionStatus) -> None:
             if not as_json:
-                spinner.update(f"[dim]{last.state.value}... (polling every {POLL_SECONDS * 1000:.0f} ms)[/]")
-            time.sleep(POLL_SECONDS)
+                spinner.update(f"[dim]{status.state.value}... (polling every {POLL_SECONDS * 1000:.0f} ms)[/]")
+
+        return client.follow(question_id, timeout, on_hop=narrate, on_wait=waiting)
 
 
 @app.command()
@@ -141,7 +96,6 @@ def ask(
         if not follow_:
             return
         final = follow(client, submission.question_id, timeout, as_json)
-    assert final is not None
     if as_json:
         console.print_json(json.dumps(final.raw, default=str))
     elif final.terminal:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from qactl.cli.ask import describe_hop
+from qactl.journey import hop_line
 from qactl.cli.common import console, settings
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def narrate(event: DemoEvent) -> None:
         console.print(Text.assemble(("ask   ", "bold cyan"), event.message))
     elif event.kind == "hop" and event.hop is not None:
         line = Text("hop   ", style="bold blue")
-        line.append_text(describe_hop(event.hop))
+        line.append_text(hop_line(event.hop))
         console.print(line)
         if event.explanation:
             console.print(Text(f"        policy: {event.explanation}", style="italic"))

@@ -1,20 +1,30 @@
-"""UI-free client of the storage API: submit a question, read its status, read the API's health.
+"""UI-free client of the storage API: submit a question, follow its status, read the API's health.
 
-Used by ``qactl ask``, the demos and the traffic generator. Expected failures are ``QactlError``s
+Used by ``qactl ask``, the demos and the traffic generator. Every body is parsed with the models
+of the API's contract (``services.common.api_contract``). Expected failures are ``QactlError``s
 with a sentence the operator can act on: the API not up, a request refused (4xx), the pipeline
 unable to accept (503), an unknown question (404).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from qactl.errors import QuestionNotFound, RequestRejected, ServiceUnavailable, StackNotRunning
-from services.common.schemas import TERMINAL_STAGES, Hop, Stage
+from qactl.errors import QactlError, QuestionNotFound, RequestRejected, ServiceUnavailable, StackNotRunning
+from services.common.api_contract import AcceptedReply, AnsweredReply, HealthReply, StatusReply
+from services.common.schemas import Hop, Stage
+from services.common.waiting import Deadline, poll_until
+
+# How often a followed question's status is read.
+POLL_SECONDS = 0.5
+
+OnHop = Callable[[Hop], object]
 
 
 @dataclass
@@ -55,23 +65,17 @@ class QuestionStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "QuestionStatus":
-        state = Stage(data["state"])
-        hops = []
-        for item in data.get("hops") or []:
-            try:
-                hops.append(Hop.model_validate(item))
-            except ValueError:
-                continue
+        reply = StatusReply.model_validate(data)
         return cls(
-            question_id=data["question_id"],
-            state=state,
-            terminal=bool(data.get("terminal", state in TERMINAL_STAGES)),
-            hops=hops,
-            answer=data.get("answer"),
-            score=data.get("score"),
-            model=data.get("model"),
-            reason=data.get("reason"),
-            warning=data.get("warning"),
+            question_id=reply.question_id,
+            state=reply.state,
+            terminal=reply.terminal,
+            hops=reply.hops,
+            answer=reply.answer,
+            score=reply.score,
+            model=reply.model,
+            reason=reply.reason,
+            warning=reply.warning,
             raw=data,
         )
 
@@ -85,19 +89,44 @@ class ApiHealth:
 
 
 def _submission(response: httpx.Response, latency_ms: float) -> Submission:
-    data = response.json()
+    if response.status_code == 200:
+        answered = AnsweredReply.model_validate_json(response.content)
+        return Submission(
+            question_id=answered.question_id,
+            http_status=200,
+            status=answered.status,
+            latency_ms=latency_ms,
+            answer=answered.answer,
+            score=answered.score,
+            model=answered.model,
+            source=answered.source,
+        )
+    accepted = AcceptedReply.model_validate_json(response.content)
     return Submission(
-        question_id=data["question_id"],
+        question_id=accepted.question_id,
         http_status=response.status_code,
-        status=data.get("status", ""),
+        status=accepted.status,
         latency_ms=latency_ms,
-        answer=data.get("answer"),
-        score=data.get("score"),
-        model=data.get("model"),
-        source=data.get("source"),
-        status_url=data.get("status_url"),
-        coalesced=bool(data.get("coalesced", False)),
+        status_url=accepted.status_url,
+        coalesced=accepted.coalesced,
     )
+
+
+class NewHops:
+    """Reports each hop of a followed question once, oldest first, however often it is read."""
+
+    def __init__(self, on_hop: OnHop | None) -> None:
+        self.on_hop = on_hop
+        self.seen: set[tuple[str, str | None, int, str]] = set()
+
+    def report(self, status: QuestionStatus) -> QuestionStatus:
+        for hop in sorted(status.hops, key=lambda h: h.at):
+            key = (hop.stage.value, hop.topic, hop.attempt, hop.at.isoformat())
+            if key not in self.seen:
+                self.seen.add(key)
+                if self.on_hop is not None:
+                    self.on_hop(hop)
+        return status
 
 
 def _detail(response: httpx.Response) -> str:
@@ -167,16 +196,32 @@ class StorageApiClient:
         _raise_for(response, question_id)
         return QuestionStatus.from_json(response.json())
 
+    def follow(
+        self,
+        question_id: str,
+        timeout: float,
+        interval: float = POLL_SECONDS,
+        on_hop: OnHop | None = None,
+        on_wait: Callable[[QuestionStatus], object] | None = None,
+    ) -> QuestionStatus:
+        """Read the status every ``interval`` s until a terminal state or ``timeout`` s; the last status.
+
+        ``on_hop`` sees every new hop once, oldest first; ``on_wait`` every status that is not
+        terminal yet. The first read is at once; a timeout returns the last, non-terminal status.
+        """
+        new_hops = NewHops(on_hop)
+        return poll_until(
+            lambda: new_hops.report(self.status(question_id)),
+            timeout=timeout,
+            interval=interval,
+            done=lambda status: status.terminal,
+            on_wait=on_wait,
+        )
+
     def health(self) -> ApiHealth:
         """The API's health report; a 503 is returned as a report, not raised."""
         response = self._request("GET", "/health")
-        data = response.json()
-        return ApiHealth(
-            ok=bool(data.get("ok")),
-            status=str(data.get("status", "unknown")),
-            summary=str(data.get("summary", "")),
-            dependencies=dict(data.get("dependencies", {})),
-        )
+        return _health(HealthReply.model_validate_json(response.content))
 
 
 class AsyncStorageApiClient:
@@ -218,3 +263,41 @@ class AsyncStorageApiClient:
         response = await self._request("GET", f"/status/{question_id}")
         _raise_for(response, question_id)
         return QuestionStatus.from_json(response.json())
+
+    async def follow(
+        self,
+        question_id: str,
+        deadline: Deadline,
+        interval: float = POLL_SECONDS,
+        on_hop: OnHop | None = None,
+        on_error: Callable[[QactlError], object] | None = None,
+    ) -> QuestionStatus | None:
+        """``StorageApiClient.follow`` for asyncio callers, until ``deadline``.
+
+        Each read comes after an ``interval`` (the caller has just been told the question was
+        accepted). With ``on_error``, a read the API refuses does not end the following: it is
+        reported and the next read follows; None when the deadline passes right after such a read.
+        """
+        new_hops = NewHops(on_hop)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                status = new_hops.report(await self.status(question_id))
+            except QactlError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                if deadline.passed:
+                    return None
+                continue
+            if status.terminal or deadline.passed:
+                return status
+
+
+def _health(reply: HealthReply) -> ApiHealth:
+    return ApiHealth(
+        ok=reply.ok,
+        status=reply.status,
+        summary=reply.summary,
+        dependencies={name: dep.model_dump() for name, dep in reply.dependencies.items()},
+    )

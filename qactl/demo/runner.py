@@ -22,6 +22,7 @@ from qactl.demo.paths import compare, explain, hop_label, observed_path, policy_
 from qactl.errors import QactlError, StackNotRunning
 from services.common.schemas import Hop, normalize_question, question_id_for
 from services.common.settings import Policies, QactlSettings
+from services.common.waiting import poll_until
 from services.llm_gateway.faults import FaultRule
 
 EventKind = Literal["case", "info", "warning", "faults", "submit", "hop", "terminal", "check", "result"]
@@ -292,48 +293,43 @@ class DemoRunner:
     def _follow(
         self, case: Case, api: StorageApiClient, question_id: str, policies: Policies, timeout: float, result: AskResult
     ) -> QuestionStatus:
-        """Poll /status, narrating each new hop, until a terminal state or the timeout."""
-        seen: set[tuple[str, str | None, int, str]] = set()
+        """Follow the question, narrating each new hop, until a terminal state or the timeout."""
         first_at: float | None = None
-        deadline = time.monotonic() + timeout
-        while True:
-            status = api.status(question_id)
-            for hop in sorted(status.hops, key=lambda h: h.at):
-                key = (hop.stage.value, hop.topic, hop.attempt, hop.at.isoformat())
-                if key in seen:
-                    continue
-                seen.add(key)
-                first_at = hop.at.timestamp() if first_at is None else first_at
-                self.emit(
-                    DemoEvent(
-                        "hop",
-                        case.name,
-                        hop_label(hop),
-                        hop=hop,
-                        explanation=explain(hop, policies),
-                        elapsed=hop.at.timestamp() - first_at,
-                    )
+
+        def narrate(hop: Hop) -> None:
+            nonlocal first_at
+            first_at = hop.at.timestamp() if first_at is None else first_at
+            self.emit(
+                DemoEvent(
+                    "hop",
+                    case.name,
+                    hop_label(hop),
+                    hop=hop,
+                    explanation=explain(hop, policies),
+                    elapsed=hop.at.timestamp() - first_at,
                 )
-            if status.terminal:
-                return status
-            if time.monotonic() >= deadline:
-                self.emit(DemoEvent("warning", case.name, f"still {status.state.value} after {timeout:.0f} s: giving up"))
-                return status
-            time.sleep(self.poll_interval)
+            )
+
+        status = api.follow(question_id, timeout, interval=self.poll_interval, on_hop=narrate)
+        if not status.terminal:
+            self.emit(DemoEvent("warning", case.name, f"still {status.state.value} after {timeout:.0f} s: giving up"))
+        return status
 
     def _wait_stored(self, api: StorageApiClient, question_id: str, final: QuestionStatus) -> QuestionStatus | None:
         """After a terminal state: wait until PostgreSQL has it (and the cache, for an answer)."""
         if not final.terminal:
             return None
-        deadline = time.monotonic() + STORED_WAIT_SECONDS
-        status = final
-        while time.monotonic() < deadline:
-            if status.raw.get("terminal_at"):
-                if status.answer is None or stack_access.cached(self.settings, question_id):
-                    return status
-            time.sleep(self.poll_interval)
-            status = api.status(question_id)
-        return status
+
+        def stored(status: QuestionStatus) -> bool:
+            return bool(status.raw.get("terminal_at")) and (
+                status.answer is None or stack_access.cached(self.settings, question_id)
+            )
+
+        if stored(final):
+            return final
+        return poll_until(
+            lambda: api.status(question_id), timeout=STORED_WAIT_SECONDS, interval=self.poll_interval, done=stored
+        )
 
     # --- checks ---------------------------------------------------------------------------
 

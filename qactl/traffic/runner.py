@@ -4,7 +4,7 @@ Pipeline (``run_async``): questions are sent open-loop at ``rate`` per second (e
 scheduled time, whatever the previous ones are doing, so a slow pipeline cannot slow the
 arrivals down); each ``POST /query`` is timed (the *perceived* latency: until the 202, or the
 200 of a stored answer), then its ``/status`` is polled every ``poll_interval`` seconds until a
-terminal state (the *real* latency: until the answer is there).
+terminal state (``AsyncStorageApiClient.follow``; the *real* latency: until the answer is there).
 
 Synchronous baseline (``run_sync``): the original design, in which each request blocks on the
 LLM: the same questions, one after another, sent straight to the LLM backend the llm-consumers
@@ -26,6 +26,7 @@ from qactl.errors import QactlError, StackNotRunning
 from qactl.traffic.questions import TrafficQuestion
 from services.common.schemas import Stage
 from services.common.settings import QactlSettings
+from services.common.waiting import Deadline
 
 SUCCESS_STATES = frozenset({Stage.validated.value, Stage.low_quality.value})
 
@@ -82,32 +83,26 @@ async def _follow(
     client: AsyncStorageApiClient,
     submission: Submission,
     sample: Sample,
-    started: float,
+    deadline: Deadline,
     poll_interval: float,
-    deadline: float,
 ) -> None:
-    """Poll ``/status`` until a terminal state or the deadline; fills the sample's outcome."""
-    while True:
-        await asyncio.sleep(poll_interval)
-        try:
-            status = await client.status(submission.question_id)
-        except QactlError as exc:
-            # A transient refusal of one poll does not end the question: poll again.
-            sample.detail = f"status poll: {exc}"
-            if time.perf_counter() >= deadline:
-                sample.outcome = "timeout"
-                return
-            continue
-        if status.terminal:
-            sample.real_ms = _ms(time.perf_counter() - started)
-            sample.outcome = status.state.value
-            sample.score = status.score
-            sample.detail = status.reason
-            return
-        if time.perf_counter() >= deadline:
-            sample.outcome = "timeout"
-            sample.detail = f"still {status.state.value} after {deadline - started:.0f} s"
-            return
+    """Follow the question until a terminal state or the deadline; fills the sample's outcome."""
+
+    def refused(exc: QactlError) -> None:
+        # A transient refusal of one poll does not end the question: poll again.
+        sample.detail = f"status poll: {exc}"
+
+    status = await client.follow(submission.question_id, deadline, poll_interval, on_error=refused)
+    if status is None:
+        sample.outcome = "timeout"
+    elif status.terminal:
+        sample.real_ms = _ms(time.perf_counter() - deadline.started)
+        sample.outcome = status.state.value
+        sample.score = status.score
+        sample.detail = status.reason
+    else:
+        sample.outcome = "timeout"
+        sample.detail = f"still {status.state.value} after {deadline.seconds:.0f} s"
 
 
 async def _one_async(
@@ -118,7 +113,9 @@ async def _one_async(
     timeout: float,
 ) -> Sample:
     sample = Sample(seq=seq, question=question.question, sent_at=_now(), outcome="rejected")
-    started = time.perf_counter()
+    # Perceived and real latency both count from here, on the same clock as the deadline.
+    deadline = Deadline(timeout, clock=time.perf_counter)
+    started = deadline.started
     try:
         submission = await client.submit(question.question, question.reference_answer)
     except StackNotRunning:
@@ -140,7 +137,7 @@ async def _one_async(
         sample.score = submission.score
         sample.detail = f"answered from the {submission.source}"
         return sample
-    await _follow(client, submission, sample, started, poll_interval, started + timeout)
+    await _follow(client, submission, sample, deadline, poll_interval)
     return sample
 
 

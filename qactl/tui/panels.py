@@ -15,22 +15,9 @@ from rich.text import Text
 from textual.content import Content
 
 from qactl.dashboard.model import Journey, QuestionRow, Snapshot
-from services.common.schemas import Hop, Stage
+from qactl.journey.render import STAGE_STYLE, hop_detail, seconds
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
-
-STAGE_STYLE: dict[Stage, str] = {
-    Stage.queued: "cyan",
-    Stage.generating: "cyan",
-    Stage.scoring: "blue",
-    Stage.regenerating: "magenta",
-    Stage.retrying_overload: "yellow",
-    Stage.retrying_quota: "yellow",
-    Stage.validated: "green",
-    Stage.low_quality: "dark_orange",
-    Stage.failed: "red",
-}
-
 
 def sparkline(values: Sequence[float], width: int) -> str:
     """The last ``width`` values as block characters scaled to their maximum (0 is blank)."""
@@ -63,18 +50,6 @@ def count(value: int | None) -> str:
     if value >= 10_000:
         return f"{value / 1000:.1f}k"
     return str(value)
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 120:
-        return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
-    if value < 7200:
-        return f"{value / 60:.0f}m"
-    return f"{value / 3600:.0f}h"
 
 
 def _grid(*columns: tuple[str, str], header: bool = False) -> Table:
@@ -377,23 +352,3 @@ def journey(j: Journey, threshold: float, width: int = 78) -> RenderableType:
         (f" · {len(j.hops)} hops in {seconds(total)}", "dim"),
     )
     return Group(title, timeline_bar(j, max(0, width - 1)), table, summary)
-
-
-def hop_detail(hop: Hop, threshold: float) -> Text:
-    """What happened at a hop, most telling first: error, delay, score, then the wording."""
-    parts: list[Text] = []
-    if hop.error is not None:
-        code = f" {hop.error.status_code}" if hop.error.status_code else ""
-        parts.append(Text(f"{hop.error.kind.value}{code}", style="red"))
-    if hop.delay_seconds is not None:
-        parts.append(Text(f"delay {seconds(hop.delay_seconds)}", style="yellow"))
-    if hop.score is not None:
-        above = hop.score > threshold
-        parts.append(
-            Text(f"score {hop.score:.3f} {'>' if above else '≤'} {threshold:g}", style="green" if above else "red")
-        )
-    if hop.error is not None and hop.error.message:
-        parts.append(Text(hop.error.message, style="red dim"))
-    if hop.note:
-        parts.append(Text(hop.note, style="dim"))
-    return Text(" ").join(parts)

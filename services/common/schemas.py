@@ -13,7 +13,7 @@ import re
 import unicodedata
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -109,8 +109,29 @@ class QuestionMessage(_Payload):
     timestamps: dict[str, datetime] = Field(default_factory=dict)
     hops: list[Hop] = Field(default_factory=list)
 
-    def with_hop(self, hop: Hop) -> "QuestionMessage":
-        return self.model_copy(update={"hops": [*self.hops, hop]})
+    def advance(
+        self, hop: Hop, into: type[Q] | None = None, *, keep_entry_time: bool = False, **fields: Any
+    ) -> Q:
+        """The message that carries this question on to ``hop``'s stage: the one way to build a next hop.
+
+        It is an ``into`` (default ``QuestionMessage``) with every field it shares with this
+        message, ``hop`` appended to the hops, the time the question entered ``hop.stage``
+        stamped (an earlier stamp of that stage is kept with ``keep_entry_time``), and ``fields``
+        (what the stage adds: an answer, an error, a retry count) set last.
+        """
+        model = into or QuestionMessage
+        shared = set(model.model_fields).intersection(type(self).model_fields) - {"timestamps", "hops"}
+        stamps = (
+            {hop.stage.value: hop.at, **self.timestamps}
+            if keep_entry_time
+            else {**self.timestamps, hop.stage.value: hop.at}
+        )
+        data = self.model_dump(include=shared)
+        data.update(timestamps=stamps, hops=[*self.hops, hop], **fields)
+        return model(**data)  # type: ignore[return-value]
+
+
+Q = TypeVar("Q", bound=QuestionMessage)
 
 
 class LLMAnswer(QuestionMessage):

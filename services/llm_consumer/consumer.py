@@ -54,6 +54,7 @@ from services.common.schemas import (
 )
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
+from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
 from services.llm_consumer.offsets import OffsetTracker, Partition
 from services.llm_consumer.status_writer import StatusWriter
@@ -114,19 +115,14 @@ def generation_of(value: Any, default_model: str) -> Generation:
     return Generation(text, getattr(value, "model", None) or default_model)
 
 
-def question_part(message: QuestionMessage) -> dict:
-    return message.model_dump(include=set(QuestionMessage.model_fields))
-
-
 def outcome_for(
     job: Job, result: CallResult, backend: str, default_model: str
 ) -> tuple[str, BaseModel, Hop, str]:
     """(topic, payload, hop, outcome label) for a finished call."""
     now = utcnow()
     question = job.question
-    base = question_part(question)
-    hops = [*question.hops, *job.hops]
-    stamps = {**question.timestamps, Stage.generating.value: job.taken_at}
+    for earlier in job.hops:  # generating, stamped when the call started
+        question = question.advance(earlier)
     latency_ms = round(result.seconds * 1000, 1)
     if result.error is None:
         try:
@@ -141,9 +137,9 @@ def outcome_for(
                 attempt=question.attempt,
                 note=f"answered by {backend} ({generation.model}) in {latency_ms:.0f} ms",
             )
-            base.update(timestamps={**stamps, Stage.scoring.value: now}, hops=[*hops, hop])
-            answer = LLMAnswer(
-                **base,
+            answer = question.advance(
+                hop,
+                LLMAnswer,
                 answer=generation.text,
                 model=generation.model,
                 backend=backend,
@@ -161,13 +157,12 @@ def outcome_for(
             error=info,
             note=reason,
         )
-        base.update(last_error=info, timestamps={**stamps, Stage.failed.value: now}, hops=[*hops, hop])
         letter = DeadLetter(
             question_id=question.question_id,
             reason=reason,
             error=info,
             source_topic=topics.QUESTIONS_PENDING.name,
-            message=QuestionMessage(**base),
+            message=question.advance(hop, last_error=info),
             failed_at=now,
         )
         return topics.DEAD_LETTER.name, letter, hop, "client"
@@ -176,8 +171,8 @@ def outcome_for(
     else:
         topic, stage, label = topics.LLM_OVERLOAD.name, Stage.retrying_overload, info.kind.value
     hop = Hop(stage=stage, topic=topic, at=now, attempt=question.attempt, error=info)
-    base.update(last_error=info, timestamps={**stamps, stage.value: now}, hops=[*hops, hop])
-    return topic, LLMError(**base, error=info, model=default_model, backend=backend), hop, label
+    failed = question.advance(hop, LLMError, last_error=info, error=info, model=default_model, backend=backend)
+    return topic, failed, hop, label
 
 
 class LLMConsumer:
@@ -432,8 +427,8 @@ class LLMConsumer:
         if self.assigned:
             consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
         self.buffer.clear()  # never started: simply not committed, so redelivered
-        deadline = time.monotonic() + self.drain_seconds
-        while self.in_flight > 0 and self.failure is None and time.monotonic() < deadline:
+        deadline = Deadline(self.drain_seconds)
+        while self.in_flight > 0 and self.failure is None and not deadline.passed:
             self._finish_ready(producer, wait=0.1)
             producer.poll(0)
         if self.in_flight:

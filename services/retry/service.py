@@ -45,7 +45,6 @@ from services.common.schemas import (
     Hop,
     LLMError,
     PoisonMessage,
-    QuestionMessage,
     Stage,
     decode,
     utcnow,
@@ -75,11 +74,6 @@ LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 PAUSED = Gauge("qactl_retry_paused_partitions", "Delay partitions waiting for their head to be due", ["kind"])
-
-
-def question_part(message: QuestionMessage) -> dict:
-    """The fields of the base ``QuestionMessage`` of any payload that extends it."""
-    return message.model_dump(include=set(QuestionMessage.model_fields))
 
 
 def _epoch(moment: datetime) -> float:
@@ -203,14 +197,15 @@ class RetryService:
             delay_seconds=round(decision.delay_seconds, 3),
             note=f"{self.spec.kind.value} retry {retry_count + 1}/{limit} due at {decision.due_at.isoformat()}",
         )
-        fields = question_part(failed)
-        fields.update(
-            last_error=failed.error,
+        waiting = failed.advance(
+            hop,
+            DelayedRetry,
             # The llm-consumer stamped when the question entered this stage; keep its time.
-            timestamps={self.spec.stage.value: now, **failed.timestamps},
-            hops=[*failed.hops, hop],
+            keep_entry_time=True,
+            last_error=failed.error,
+            due_at=decision.due_at,
+            delay_seconds=decision.delay_seconds,
         )
-        waiting = DelayedRetry(**fields, due_at=decision.due_at, delay_seconds=decision.delay_seconds)
         produce(producer, decision.topic, waiting)
         SCHEDULED.labels(self.spec.kind.value).inc()
         DELAY.labels(self.spec.kind.value).observe(decision.delay_seconds)
@@ -231,18 +226,12 @@ class RetryService:
             error=error,
             note=decision.reason,
         )
-        fields = question_part(failed)
-        fields.update(
-            last_error=last,
-            timestamps={**failed.timestamps, Stage.failed.value: now},
-            hops=[*failed.hops, hop],
-        )
         letter = DeadLetter(
             question_id=failed.question_id,
             reason=decision.reason,
             error=error,
             source_topic=self.spec.error_topic,
-            message=QuestionMessage(**fields),
+            message=failed.advance(hop, last_error=last),
             failed_at=now,
         )
         produce(producer, topics.DEAD_LETTER.name, letter)
@@ -344,13 +333,7 @@ class RetryService:
             delay_seconds=round(waited, 3),
             note=f"{kind} retry {retries.model_dump()[kind]}/{limit} after {waited:.2f} s",
         )
-        fields = question_part(waiting)
-        fields.update(
-            retries=retries,
-            timestamps={**waiting.timestamps, Stage.queued.value: now},
-            hops=[*waiting.hops, hop],
-        )
-        produce(producer, topics.QUESTIONS_PENDING.name, QuestionMessage(**fields))
+        produce(producer, topics.QUESTIONS_PENDING.name, waiting.advance(hop, retries=retries))
         REQUEUED.labels(kind).inc()
         LATENESS.labels(kind).observe(max(0.0, (now - waiting.due_at).total_seconds()))
         self._record(waiting.question_id, hop)

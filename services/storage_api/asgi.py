@@ -12,12 +12,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
+from services.common.api_contract import (
+    AcceptedReply,
+    AnsweredReply,
+    ErrorReply,
+    HealthReply,
+    QueryRequest,
+    StatusReply,
+)
 from services.common.settings import QactlSettings
 from services.storage_api.app import StorageApi
-from services.storage_api.inputs import QueryRequest
-from services.storage_api.limits import BodyLimitMiddleware, BodyTooLarge
-from services.storage_api.replies import Reply, error, reply
+from services.storage_api.limits import BodyLimitMiddleware, BodyTooLarge, read_body, send_reply
+from services.storage_api.replies import error, reply, too_large
 
 log = logging.getLogger(__name__)
 
@@ -44,55 +52,20 @@ class ApiApp:
 
     async def _query(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        limit = self.max_body_bytes
-        answer: Reply | None = None
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            answer = _too_large(limit)
+        try:
+            body = await read_body(scope, receive, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            outcome, answer = "too_large", too_large(exc.limit)
         else:
-            chunks: list[bytes] = []
-            size = 0
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    answer = _too_large(limit)
-                    break
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-        if answer is not None:
-            outcome = "too_large"
-        else:
+            if body is None:  # the client went away
+                return
             try:
-                outcome, answer = await self.api.query(b"".join(chunks))
+                outcome, answer = await self.api.query(body)
             except Exception:  # an unexpected failure answers 500 and is logged; it never kills the server
                 log.exception("POST /query failed")
                 outcome, answer = "error", error(500, "internal_error", "the storage API failed; see its log")
-        body = answer.body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_reply(send, answer)
         self.api.metrics.observe("query", outcome, time.perf_counter() - started)
-
-
-def _content_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _too_large(limit: int) -> Reply:
-    # The body was not read to its end: the connection cannot serve another request.
-    return error(413, "body_too_large", f"request body is larger than the limit of {limit} bytes", {"Connection": "close"})
 
 
 def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
@@ -127,22 +100,23 @@ def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(_request: Request, exc: BodyTooLarge) -> Response:
         api.metrics.observe("query", "too_large", 0.0)
-        return _too_large(exc.limit).response()
-
-    query_schema = QueryRequest.model_json_schema()
+        return too_large(exc.limit).response()
 
     @app.post(
         "/query",
         summary="Ask a question",
         status_code=202,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": query_schema}}}},
+        response_model=None,
+        # The body is read and checked by ``parse_query`` (its own 400/422 sentences), so FastAPI
+        # is only told its model for the document, not asked to parse it.
+        openapi_extra=_json_body(QueryRequest),
         responses={
-            200: {"description": "Already answered: the stored answer, its score and state."},
-            202: {"description": "Accepted: follow it at status_url."},
-            400: {"description": "Body is empty, not UTF-8 or not JSON."},
-            413: {"description": "Body over the configured limit."},
-            422: {"description": "Fields missing, of the wrong type, empty or too long."},
-            503: {"description": "Kafka or PostgreSQL unavailable: nothing was accepted, retry."},
+            200: {"model": AnsweredReply, "description": "Already answered: the stored answer, its score and state."},
+            202: {"model": AcceptedReply, "description": "Accepted: follow it at status_url."},
+            400: {"model": ErrorReply, "description": "Body is empty, not UTF-8 or not JSON."},
+            413: {"model": ErrorReply, "description": "Body over the configured limit."},
+            422: {"model": ErrorReply, "description": "Fields missing, of the wrong type, empty or too long."},
+            503: {"model": ErrorReply, "description": "Kafka or PostgreSQL unavailable: nothing was accepted, retry."},
         },
     )
     async def query(request: Request) -> Response:
@@ -154,7 +128,12 @@ def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
     @app.get(
         "/status/{question_id}",
         summary="Where a question is",
-        responses={404: {"description": "No such question."}},
+        response_model=None,
+        responses={
+            200: {"model": StatusReply, "description": "Its state, its hops and, once terminal, its answer or reason."},
+            404: {"model": ErrorReply, "description": "No such question."},
+            503: {"model": ErrorReply, "description": "PostgreSQL unavailable and Redis knows nothing of it."},
+        },
     )
     async def status(question_id: str) -> Response:
         started = time.perf_counter()
@@ -162,7 +141,15 @@ def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
         api.metrics.observe("status", outcome, time.perf_counter() - started)
         return answer.response()
 
-    @app.get("/health", summary="Each dependency's state; 503 when questions cannot be accepted")
+    @app.get(
+        "/health",
+        summary="Each dependency's state; 503 when questions cannot be accepted",
+        response_model=None,
+        responses={
+            200: {"model": HealthReply, "description": "Accepting questions (status ok or degraded)."},
+            503: {"model": HealthReply, "description": "Not accepting questions: a required dependency is down."},
+        },
+    )
     async def health() -> Response:
         code, payload = api.health()
         return reply(code, payload).response()
@@ -173,3 +160,8 @@ def make_app(settings: QactlSettings, freeze_gc: bool = False) -> ApiApp:
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     return ApiApp(app, api, settings.api.max_body_bytes)
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAPI request body of ``model``, for a route that reads its body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from services.common.api_contract import QueryRequest
 from services.common.settings import ApiSettings
 
 
@@ -19,17 +20,6 @@ class BadInput(Exception):
         self.status = status
         self.code = code
         self.detail = detail
-
-
-class QueryRequest(BaseModel):
-    """The body of ``POST /query``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    question: str = Field(description="The question; not empty, at most `api.max_question_chars` characters.")
-    reference_answer: str | None = Field(
-        default=None, description="An answer to score against (BERTScore); optional."
-    )
 
 
 def parse_query(body: bytes, limits: ApiSettings) -> QueryRequest:

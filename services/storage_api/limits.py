@@ -1,14 +1,17 @@
-"""Refuse request bodies over the configured size before they are read whole.
+"""Refuse request bodies over the configured size before they are read whole: the one home of the limit.
 
-A pure ASGI middleware (no per-request task or buffering): a declared ``Content-Length`` over the
-limit is answered 413 before a byte of the body is read; a body without one (chunked) is counted
-while it streams and the read stops with ``BodyTooLarge`` as soon as it passes the limit.
+``read_body`` (the direct ``POST /query`` path) and ``BodyLimitMiddleware`` (a pure ASGI
+middleware for what FastAPI serves: no per-request task or buffering) apply the same rule: a
+declared ``Content-Length`` over the limit is answered 413 before a byte of the body is read; a
+body without one (chunked) is counted while it streams and the read stops with ``BodyTooLarge``
+as soon as it passes the limit.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable
+
+from services.storage_api.replies import Reply, too_large
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -23,13 +26,33 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-def too_large_body(limit: int) -> bytes:
-    return json.dumps(
-        {"error": "body_too_large", "detail": f"request body is larger than the limit of {limit} bytes"}
-    ).encode()
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body (None when the client went away), or ``BodyTooLarge``.
+
+    A declared ``Content-Length`` over the limit is refused before a byte is read; a streamed
+    body stops being read as soon as it passes the limit.
+    """
+    if declared_over(scope, limit):
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 class BodyLimitMiddleware:
+    """The same limit for the routes FastAPI serves, without buffering their bodies."""
+
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.limit = max_body_bytes
@@ -38,9 +61,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            await _reject(send, self.limit)
+        if declared_over(scope, self.limit):
+            await send_reply(send, too_large(self.limit))
             return
         limit = self.limit
         received = 0
@@ -57,28 +79,21 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def declared_over(scope: Scope, limit: int) -> bool:
+    """True when the request declares a ``Content-Length`` over ``limit``."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
-                return int(value)
+                return int(value) > limit
             except ValueError:
-                return None
-    return None
+                return False
+    return False
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = too_large_body(limit)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The body was not read: the connection cannot be reused for another request.
-                (b"connection", b"close"),
-            ],
-        }
-    )
+async def send_reply(send: Send, answer: Reply) -> None:
+    """Send a ``Reply`` as a raw ASGI response (the fast path and the middleware)."""
+    body = answer.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,9 @@
-"""The API's answers as plain data: the fast path and FastAPI both send them."""
+"""The API's answers as plain data: the fast path and FastAPI both send them.
+
+Built as dicts, not through the models of ``services.common.api_contract``, because the 202 path
+must stay cheap; tests/services/storage_api/test_contract.py checks that every kind of reply
+built here validates against its model and says exactly what the model says.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from services.common.api_contract import status_url
 from services.common.cache import CachedAnswer
 from services.common.schemas import Stage
 
@@ -63,9 +69,14 @@ def hit(answer: CachedAnswer, source: str) -> Reply:
 
 
 def accepted(question_id: str, coalesced: bool) -> Reply:
-    url = f"/status/{question_id}"
+    url = status_url(question_id)
     return reply(
         202,
         {"question_id": question_id, "status": Stage.queued.value, "status_url": url, "coalesced": coalesced},
         {"Location": url},
     )
+
+
+def too_large(limit: int) -> Reply:
+    # The body was not read to its end: the connection cannot serve another request.
+    return error(413, "body_too_large", f"request body is larger than the limit of {limit} bytes", {"Connection": "close"})

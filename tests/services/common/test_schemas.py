@@ -51,3 +51,24 @@ def test_an_invalid_message_is_never_encoded():
 def test_every_topic_has_a_payload_model():
     for topic in topics.all_topics(Policies()):
         assert issubclass(model_for_topic(topic.name), BaseModel), topic.name
+
+
+def test_advance_carries_the_question_on_to_the_hop_stage() -> None:
+    from services.common.schemas import DelayedRetry, ErrorInfo, ErrorKind, Hop, LLMError, QuestionMessage, Stage
+
+    error = ErrorInfo(kind=ErrorKind.overload, status_code=503, message="busy")
+    start = QuestionMessage(question_id="q-1", question="why?", attempt=1)
+    generating = Hop(stage=Stage.generating, topic="questions-pending")
+    failing = Hop(stage=Stage.retrying_overload, topic="llm-responses-error-overload", error=error)
+    failed = start.advance(generating).advance(failing, LLMError, last_error=error, error=error, model="m")
+    assert isinstance(failed, LLMError)
+    assert failed.hops == [generating, failing] and failed.last_error == error and failed.model == "m"
+    assert failed.timestamps == {"generating": generating.at, "retrying-overload": failing.at}
+
+    later = Hop(stage=Stage.retrying_overload, topic="retry-overload-delay-1")
+    kept = failed.advance(later, DelayedRetry, keep_entry_time=True, due_at=later.at, delay_seconds=1.0)
+    assert kept.timestamps["retrying-overload"] == failing.at  # the first entry's time stays
+    assert set(DelayedRetry.model_fields) >= set(kept.model_dump()) and kept.question == "why?"
+    replaced = failed.advance(later)
+    assert type(replaced) is QuestionMessage and replaced.timestamps["retrying-overload"] == later.at
+    assert replaced.model_dump(exclude={"hops", "timestamps"}) == start.model_dump(exclude={"hops", "timestamps", "last_error"}) | {"last_error": error.model_dump()}
