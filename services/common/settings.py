@@ -186,6 +186,14 @@ class LLMSettings(BaseModel):
     regeneration_temperature_step: float = Field(
         default=0.15, description="Added to the temperature for each regeneration (a new sample each time)."
     )
+    regeneration_feedback: bool = Field(
+        default=False,
+        description="Put the previous answer and its score into a regeneration's prompt. Off by "
+        "default: measured on SmolLM2-135M it made regenerations worse (flink/SCORING.md).",
+    )
+    max_answer_chars: int = Field(
+        default=8000, description="Longer answers are cut to this length (the hop says so) before they enter Kafka."
+    )
 
     @field_validator("backend", mode="before")
     @classmethod

@@ -27,13 +27,13 @@ class CallResult:
 
 
 class CallPool:
-    """Runs ``fn(prompt)`` for submitted jobs, at most ``size`` at a time."""
+    """Runs ``fn(prompt, attempt)`` for submitted jobs, at most ``size`` at a time."""
 
-    def __init__(self, fn: Callable[[str], Any], size: int, results: "queue.Queue[CallResult]") -> None:
+    def __init__(self, fn: Callable[[str, int], Any], size: int, results: "queue.Queue[CallResult]") -> None:
         self._fn = fn
         self._results = results
         self._size = size
-        self._jobs: queue.Queue[tuple[Any, str] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Any, str, int] | None] = queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         if inspect.iscoroutinefunction(fn):
@@ -43,33 +43,33 @@ class CallPool:
             for i in range(size):
                 threading.Thread(target=self._work, name=f"llm-call-{i}", daemon=True).start()
 
-    def submit(self, job: Any, prompt: str) -> None:
+    def submit(self, job: Any, prompt: str, attempt: int = 0) -> None:
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._call_async(job, prompt), self._loop)
+            asyncio.run_coroutine_threadsafe(self._call_async(job, prompt, attempt), self._loop)
         else:
-            self._jobs.put((job, prompt))
+            self._jobs.put((job, prompt, attempt))
 
     def _work(self) -> None:
         while True:
             item = self._jobs.get()
             if item is None:
                 return
-            job, prompt = item
+            job, prompt, attempt = item
             started = time.perf_counter()
             try:
-                value = self._fn(prompt)
+                value = self._fn(prompt, attempt)
             except BaseException as exc:  # noqa: BLE001 (handed to the consumer to classify)
                 self._results.put(CallResult(job, error=exc, seconds=time.perf_counter() - started))
             else:
                 self._results.put(CallResult(job, value=value, seconds=time.perf_counter() - started))
 
-    async def _call_async(self, job: Any, prompt: str) -> None:
+    async def _call_async(self, job: Any, prompt: str, attempt: int) -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self._size)
         async with self._sem:
             started = time.perf_counter()
             try:
-                value = await self._fn(prompt)
+                value = await self._fn(prompt, attempt)
             except BaseException as exc:  # noqa: BLE001
                 self._results.put(CallResult(job, error=exc, seconds=time.perf_counter() - started))
             else:

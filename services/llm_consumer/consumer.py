@@ -1,8 +1,9 @@
 """One llm-consumer replica: questions-pending -> LLM -> the outcome's topic, at-least-once.
 
 The poll loop (one thread, the only one touching the Kafka consumer) keeps a small buffer of
-fetched questions and hands them to a ``CallPool`` with at most ``LLMSettings.concurrency``
-calls in flight. Each finished call becomes one outcome message:
+fetched questions and hands them to a ``CallPool`` with at most ``consumer_concurrency`` calls
+in flight (for the local model server: its slots, plus one, over all replicas). Each finished
+call becomes one outcome message:
 
 - an answer -> ``llm-responses-success`` (``LLMAnswer``)
 - overload (429/503/timeouts/5xx) -> ``llm-responses-error-overload`` (``LLMError``)
@@ -31,6 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
 from services.common import topics
+from services.common.backend_choice import consumer_concurrency, resolve_backend_kind
 from services.common.kafka import (
     consume_batch,
     dead_letter_for_poison,
@@ -93,6 +95,19 @@ class Generation:
     model: str
 
 
+def clean_answer(text: str, limit: int) -> tuple[str, str | None]:
+    """The answer without NUL bytes (PostgreSQL refuses them) and cut to ``limit`` characters
+    (a message over Kafka's limit would never leave the consumer); the note says what changed."""
+    notes = []
+    if "\x00" in text:
+        notes.append(f"{text.count(chr(0))} NUL byte(s) removed")
+        text = text.replace("\x00", "")
+    if len(text) > limit:
+        notes.append(f"cut from {len(text)} to {limit} characters")
+        text = text[:limit]
+    return text, ("; ".join(notes) or None)
+
+
 def error_info_of(exc: BaseException) -> ErrorInfo:
     """The backend's classification carried by its typed error; anything else is internal."""
     for attribute in ("info", "error_info", "error"):
@@ -116,7 +131,7 @@ def generation_of(value: Any, default_model: str) -> Generation:
 
 
 def outcome_for(
-    job: Job, result: CallResult, backend: str, default_model: str
+    job: Job, result: CallResult, backend: str, default_model: str, max_answer_chars: int = 8000
 ) -> tuple[str, BaseModel, Hop, str]:
     """(topic, payload, hop, outcome label) for a finished call."""
     now = utcnow()
@@ -130,17 +145,19 @@ def outcome_for(
         except TypeError as exc:
             result = CallResult(result.job, error=exc, seconds=result.seconds)
         else:
+            text, cleaned = clean_answer(generation.text, max_answer_chars)
             hop = Hop(
                 stage=Stage.scoring,
                 topic=topics.LLM_SUCCESS.name,
                 at=now,
                 attempt=question.attempt,
-                note=f"answered by {backend} ({generation.model}) in {latency_ms:.0f} ms",
+                note=f"answered by {backend} ({generation.model}) in {latency_ms:.0f} ms"
+                + (f"; {cleaned}" if cleaned else ""),
             )
             answer = question.advance(
                 hop,
                 LLMAnswer,
-                answer=generation.text,
+                answer=text,
                 model=generation.model,
                 backend=backend,
                 llm_latency_ms=latency_ms,
@@ -193,13 +210,13 @@ class LLMConsumer:
     ) -> None:
         self.settings = settings
         self.status = StatusWriter(status) if status is not None else None
-        self.backend_name = backend_name  # short: "gateway", "ollama", "openai"
+        self.backend_name = backend_name  # short: "local", "ollama", "openai", "simulated"
         self.description = description or backend_name
         self.group_id = group_id
         self.stop = stop
         self.replica = replica
         self.build_prompt = build_prompt
-        self.concurrency = max(1, settings.llm.concurrency)
+        self.concurrency = max(1, consumer_concurrency(settings, resolve_backend_kind(settings)))
         # Enough prefetched to refill a freed slot at once, small enough to stay fair to other replicas.
         self.prefetch = self.concurrency
         self.drain_seconds = (
@@ -318,9 +335,12 @@ class LLMConsumer:
             job = self.buffer.popleft()
             question = job.question
             job.taken_at = job.hops[0].at = utcnow()  # generating starts now, not at fetch time
-            prompt = self.build_prompt(question.question, question.previous_answer, question.previous_score)
+            if self.settings.llm.regeneration_feedback:
+                prompt = self.build_prompt(question.question, question.previous_answer, question.previous_score)
+            else:  # a fresh sample of the first prompt: its attempt gives it a new seed and temperature
+                prompt = self.build_prompt(question.question, None, None)
             self.in_flight += 1
-            self.pool.submit(job, prompt)
+            self.pool.submit(job, prompt, question.attempt)
             self._record(question.question_id, job.hops[0])
 
     def _finish_ready(self, producer: Producer, wait: float = 0.0) -> None:
@@ -343,7 +363,9 @@ class LLMConsumer:
         self._start_buffered()
         for result in finished:
             job: Job = result.job
-            topic, payload, hop, label = outcome_for(job, result, self.backend_name, self.settings.llm.model)
+            topic, payload, hop, label = outcome_for(
+                job, result, self.backend_name, self.settings.llm.model, self.settings.llm.max_answer_chars
+            )
             CALLS.labels(label, self.backend_name).inc()
             LATENCY.labels(label).observe(result.seconds)
             if label != "success":

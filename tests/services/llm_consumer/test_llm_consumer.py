@@ -16,10 +16,10 @@ import pytest
 
 from services.common import topics
 from services.common.prompts import build_prompt, parse_prompt
-from services.common.schemas import DeadLetter, ErrorKind, LLMAnswer, LLMError, QuestionMessage, Stage
+from services.common.schemas import DeadLetter, ErrorKind, LLMAnswer, LLMError, Stage
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
-from services.llm_consumer.backends import SimulatedBackend, LLMResult, OllamaBackend
+from services.llm_consumer.backends import LLMResult, SimulatedBackend
 from services.llm_consumer.consumer import LLMConsumer
 from services.retry.policy import RetryKind
 from services.retry.service import RetryService
@@ -41,7 +41,7 @@ def gateway(stack_settings: QactlSettings):
         yield running_gateway
 
 
-def consumer_with(settings: QactlSettings, generate: Callable, name: str = "gateway"):
+def consumer_with(settings: QactlSettings, generate: Callable, name: str = "simulated"):
     def run(stop: threading.Event) -> None:
         LLMConsumer(settings, generate, name, stop, build_prompt, status=StatusTracker(settings)).run()
 
@@ -65,7 +65,7 @@ def test_a_question_reaches_llm_responses_success_with_a_valid_message(
     (seen,) = watch.of(question.question_id)
     answer: LLMAnswer = seen.message  # decoded with the topic's model: the message is valid
     assert answer.question == question.question and answer.answer.strip()
-    assert answer.backend == "gateway" and answer.model == settings.llm.model
+    assert answer.backend == "simulated" and answer.model == settings.llm.model
     assert answer.llm_latency_ms >= 0
     assert [h.stage for h in answer.hops] == [Stage.generating, Stage.scoring]
     assert answer.timestamps[Stage.generating.value] <= answer.timestamps[Stage.scoring.value]
@@ -143,13 +143,16 @@ def test_poison_on_questions_pending_is_dead_lettered_and_the_consumer_keeps_goi
         assert seen.message.reason.startswith("poison message on questions-pending")
 
 
-def test_a_regeneration_sends_the_previous_answer_and_score(stack_settings: QactlSettings) -> None:
-    """The LLM here is a recording function: the prompt is what is checked."""
-    settings = stack_settings
-    prompts: list[str] = []
+@pytest.mark.parametrize("feedback", [False, True], ids=["fresh-sample", "feedback"])
+def test_a_regeneration_is_a_new_sample_and_carries_feedback_when_asked(stack_settings: QactlSettings, feedback: bool) -> None:
+    """The LLM here is a recording function: the prompt and the attempt are what is checked."""
+    settings = stack_settings.model_copy(
+        update={"llm": stack_settings.llm.model_copy(update={"regeneration_feedback": feedback})}
+    )
+    calls: list[tuple[str, int]] = []
 
-    async def recording_llm(prompt: str) -> LLMResult:
-        prompts.append(prompt)
+    async def recording_llm(prompt: str, attempt: int) -> LLMResult:
+        calls.append((prompt, attempt))
         return LLMResult(answer="a better answer", model="recorder", backend="recorder", latency_ms=0.0)
 
     question = unique_question("regenerate").model_copy(
@@ -159,11 +162,16 @@ def test_a_regeneration_sends_the_previous_answer_and_score(stack_settings: Qact
         with consumer_with(settings, recording_llm, name="recorder"):
             produce_models(settings, PENDING, [question])
             watch.wait_for(lambda seen: watch.of(question.question_id), 30, "the regenerated answer")
-    mine = [p for p in prompts if question.question in p]
+    mine = [(p, a) for p, a in calls if question.question in p]
     assert len(mine) == 1
-    parsed = parse_prompt(mine[0])
+    prompt, attempt = mine[0]
+    assert attempt == 1  # the backend samples attempt 1 with its own seed and temperature
+    parsed = parse_prompt(prompt)
     assert parsed.question == question.question
-    assert parsed.previous_answer == "a poor answer about cooking" and parsed.previous_score == pytest.approx(0.42)
+    if feedback:
+        assert parsed.previous_answer == "a poor answer about cooking" and parsed.previous_score == pytest.approx(0.42)
+    else:
+        assert prompt == build_prompt(question.question) and not parsed.is_regeneration
     (seen,) = watch.of(question.question_id)
     assert seen.message.attempt == 1 and seen.message.model == "recorder"
 
