@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -11,12 +12,15 @@ import typer
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
+from rich.text import Text
 
 from qactl.cli.common import console, settings
 from qactl.errors import QactlError
 
 if TYPE_CHECKING:
+    from qactl.client.llm_server import ModelServerState
     from qactl.runtime.stack import ComponentStatus, Stack
+    from services.common.backend_choice import LlmRoute
     from services.common.settings import QactlSettings
 
 app = typer.Typer()
@@ -151,15 +155,71 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show every component: state, pid, port, health. Exit code 1 when anything is unhealthy."""
+    """Show the LLM the consumers call, and every component: state, pid, port, health.
+
+    Exit code 1 when anything is unhealthy.
+    """
     stack = _stack(settings(ctx))
     statuses = stack.status()
+    route, server = _llm(stack.settings)
     if as_json:
-        typer.echo(json.dumps([_status_dict(s) for s in statuses], indent=2, default=str))
+        report = {"llm": llm_dict(route, server), "components": [_status_dict(s) for s in statuses]}
+        typer.echo(json.dumps(report, indent=2, default=str))
     else:
+        console.print(llm_lines(route, server))
         console.print(_status_table(stack, statuses))
     if not all(s.ok for s in statuses):
         raise typer.Exit(1)
+
+
+def _llm(current: QactlSettings) -> tuple[LlmRoute, ModelServerState | None]:
+    """The consumers' LLM, and the local model server's state when it is the one answering."""
+    from qactl.client.llm_server import probe
+    from services.common.backend_choice import llm_route
+
+    route = llm_route(current)
+    return route, probe(current.llm_server.base_url) if route.kind == "local" else None
+
+
+def llm_lines(route: LlmRoute, server: ModelServerState | None) -> Text:
+    """What answers the questions and the way the calls go; for the local model, how busy it is."""
+    text = Text.assemble(("LLM", "bold"), "  ")
+    if route.simulated:
+        text.append(route.answered_by, style="yellow")
+        text.append(", no model")
+    else:
+        text.append(f"{route.kind} ")
+        text.append(route.model, style="bold")
+    text.append(f": consumers → {'gateway ' if route.through_gateway else ''}{route.calls}")
+    if route.upstream:
+        text.append(f" → {route.upstream}")
+    if route.why:
+        text.append(f"  ({route.why})", style="dim")
+    if server is None:
+        return text
+    text.append("\n     model server: ")
+    if not server.reachable:
+        text.append(server.summary(), style="red")
+    elif not server.loaded:
+        text.append("loading the model", style="yellow")
+        text.append(f" ({server.detail})" if server.detail else "")
+    else:
+        text.append("loaded", style="green")
+        served = server.model if server.model != route.model else None  # named above when the same
+        text.append("".join(f", {part}" for part in (served, server.figures()) if part))
+    return text
+
+
+def llm_dict(route: LlmRoute, server: ModelServerState | None) -> dict[str, object]:
+    return {
+        "backend": route.kind,
+        "model": route.model,
+        "simulated": route.simulated,
+        "calls": route.calls,
+        "upstream": route.upstream,
+        "why": route.why or None,
+        "server": asdict(server) if server is not None else None,
+    }
 
 
 def _status_dict(status: ComponentStatus) -> dict[str, object]:

@@ -25,8 +25,21 @@ class ModelServerState:
     slots: int | None = None
     requests_processing: float | None = None
     requests_deferred: float | None = None
-    tokens_per_second: float | None = None  # average generation speed since start
-    tokens_predicted: float | None = None
+    # How fast one answer is generated, averaged since the server started (tokens per second of
+    # a busy slot); the whole server's output is the rate of ``tokens_predicted`` over time.
+    tokens_per_second: float | None = None
+    tokens_predicted: float | None = None  # tokens generated since start, counted as each answer ends
+
+    def figures(self) -> str:
+        """How busy a loaded server is: slots, queue, generation speed."""
+        parts = []
+        if self.slots is not None and self.requests_processing is not None:
+            parts.append(f"{self.requests_processing:.0f}/{self.slots} slots busy")
+        if self.requests_deferred is not None:
+            parts.append(f"{self.requests_deferred:.0f} queued")
+        if self.tokens_per_second:
+            parts.append(f"{self.tokens_per_second:.0f} tok/s per answer")
+        return ", ".join(parts)
 
     def summary(self) -> str:
         """One line for `qactl status`."""
@@ -34,14 +47,7 @@ class ModelServerState:
             return self.detail or "not reachable"
         if not self.loaded:
             return self.detail or "loading the model"
-        parts = [self.model or "model loaded"]
-        if self.slots is not None and self.requests_processing is not None:
-            parts.append(f"{self.requests_processing:.0f}/{self.slots} slots busy")
-        if self.requests_deferred is not None:
-            parts.append(f"{self.requests_deferred:.0f} queued")
-        if self.tokens_per_second:
-            parts.append(f"{self.tokens_per_second:.0f} tok/s")
-        return ", ".join(parts)
+        return ", ".join(part for part in (self.model or "model loaded", self.figures()) if part)
 
 
 def metric_values(text: str) -> dict[str, float]:
@@ -80,9 +86,16 @@ def probe(base_url: str, timeout: float = 1.0) -> ModelServerState:
         slots=slots,
         requests_processing=values.get("requests_processing"),
         requests_deferred=values.get("requests_deferred"),
-        tokens_per_second=values.get("predicted_tokens_seconds"),
+        tokens_per_second=generation_speed(values),
         tokens_predicted=values.get("tokens_predicted_total"),
     )
+
+
+def generation_speed(values: dict[str, float]) -> float | None:
+    """Tokens per second of one answer since start. Not the ``predicted_tokens_seconds`` gauge:
+    that one covers only the time since the last ``/metrics`` read, whoever read it."""
+    tokens, seconds = values.get("tokens_predicted_total"), values.get("tokens_predicted_seconds_total")
+    return tokens / seconds if tokens is not None and seconds else None
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -1,9 +1,10 @@
 """What the live dashboard shows: one UI-free snapshot of the pipeline, and the probes it asks.
 
 A ``Snapshot`` is one poll's picture: Kafka (end offsets, consumer group lag), Flink REST (job
-state, checkpoints, records in/out), PostgreSQL (scores, regeneration outcomes) and Redis (the
-live stage of recent questions). Each system answers through one probe protocol below; the
-real probes live beside this module, ``DashboardSource`` (``source.py``) asks them.
+state, checkpoints, records in/out), PostgreSQL (scores, regeneration outcomes), Redis (the
+live stage of recent questions) and the LLM (which one; how busy the local model server is).
+Each system answers through one probe protocol below; the real probes live beside this
+module, ``DashboardSource`` (``source.py``) asks them.
 
 Messages/s per topic need two snapshots; ``FlowTracker`` keeps the previous end offsets and a
 short history of rates for the sparklines. Nothing here imports a UI toolkit: the TUI renders
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from qactl.client.llm_server import ModelServerState
 from services.common import topics as topic_names
+from services.common.backend_choice import LlmRoute
 from services.common.schemas import Hop, Stage
 from services.common.settings import QactlSettings
 
@@ -122,6 +125,15 @@ class FlinkJobRow:
 
 
 @dataclass(frozen=True)
+class LlmState:
+    """The LLM the consumers call and, when it is the local model server, how busy it is."""
+
+    route: LlmRoute
+    server: ModelServerState | None = None  # None: not ours to ask (Ollama, OpenAI, the simulator)
+    tokens_per_second: float | None = None  # the server's output over the last seconds, all slots
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One poll's picture of the pipeline; everything a dashboard panel renders."""
 
@@ -137,6 +149,7 @@ class Snapshot:
     questions: tuple[QuestionRow, ...] = ()
     components: tuple[ComponentRow, ...] = ()
     flink_jobs: tuple[FlinkJobRow, ...] = ()
+    llm: LlmState | None = None
     errors: Mapping[str, str] = field(default_factory=dict)  # part -> why it is missing
 
     @property
@@ -189,6 +202,10 @@ class LiveProbe(Protocol):
     def recent_questions(self, limit: int) -> Sequence[QuestionRow]: ...
 
     def hops(self, question_id: str) -> Sequence[Hop]: ...
+
+
+class LlmProbe(Protocol):
+    def llm(self) -> LlmState: ...
 
 
 HealthProbe = Callable[[], Sequence[ComponentRow]]

@@ -24,6 +24,8 @@ from qactl.dashboard.model import (
     Journey,
     KafkaProbe,
     LiveProbe,
+    LlmProbe,
+    LlmState,
     QualityProbe,
     QuestionRow,
     RegenerationOutcomes,
@@ -51,6 +53,7 @@ class DashboardSource:
         flink: FlinkProbe | None = None,
         quality: QualityProbe | None = None,
         live: LiveProbe | None = None,
+        llm: LlmProbe | None = None,
         health: HealthProbe | None = None,
         health_interval: float = 15.0,
         recent_limit: int = 50,
@@ -61,6 +64,7 @@ class DashboardSource:
         self._flink = flink
         self._quality = quality
         self._live = live
+        self._llm = llm
         # Health probes open a connection per component and can take seconds when some are
         # down: they run on their own thread and cadence, and never hold up a poll.
         self._health = _HealthWatcher(health, health_interval) if health is not None else None
@@ -86,6 +90,7 @@ class DashboardSource:
         from qactl.dashboard.flink_probe import FlinkRestProbe
         from qactl.dashboard.health_probe import health_probe
         from qactl.dashboard.kafka_probe import KafkaAdminProbe
+        from qactl.dashboard.llm_probe import ModelServerProbe
         from qactl.dashboard.postgres_probe import PostgresQualityProbe
         from qactl.dashboard.redis_probe import RedisLiveProbe
 
@@ -95,6 +100,7 @@ class DashboardSource:
             flink=FlinkRestProbe(settings, probe_timeout),
             quality=PostgresQualityProbe(settings, probe_timeout),
             live=RedisLiveProbe(settings),
+            llm=ModelServerProbe(settings, min(probe_timeout, 1.0)),
             health=health_probe(settings),
         )
 
@@ -125,6 +131,9 @@ class DashboardSource:
         if (live := self._live) is not None:
             questions = parts.get("redis", lambda: tuple(live.recent_questions(self._recent_limit)), ())
             questions = self._with_question_text(questions, parts)
+        llm: LlmState | None = None
+        if (llm_probe := self._llm) is not None:
+            llm = parts.get("llm", llm_probe.llm, None)
         if self._health is not None:
             self._components, health_error = self._health.latest()
             if health_error:
@@ -143,6 +152,7 @@ class DashboardSource:
             questions=questions,
             components=self._components,
             flink_jobs=jobs,
+            llm=llm,
             errors=dict(parts.errors),
         )
 

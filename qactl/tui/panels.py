@@ -6,7 +6,7 @@ what to draw, so tests call them directly and the widgets only decide when to re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from rich.console import Group, RenderableType
@@ -199,16 +199,75 @@ def regeneration_outcomes(snapshot: Snapshot, width: int = 40) -> RenderableType
     return table
 
 
-def components(snapshot: Snapshot, width: int = 40) -> RenderableType:
-    if not snapshot.components:
+def components(snapshot: Snapshot, width: int = 40, hide: Collection[str] = ()) -> RenderableType:
+    rows = [r for r in snapshot.components if r.name not in hide]
+    if not rows:
         return _missing(snapshot, "health", "component health")
     table = _grid(("", "left"), ("component", "left"), ("detail", "left"))
-    name_width = max(len(r.name) for r in snapshot.components)
-    for row in snapshot.components:
+    name_width = max(len(r.name) for r in rows)
+    for row in rows:
         detail = Text(row.detail, style="dim" if row.ok else "red")
         detail.truncate(max(0, width - name_width - 4), overflow="ellipsis")
         table.add_row(Text("●" if row.ok else "✖", style="green" if row.ok else "red bold"), row.name, detail)
     return table
+
+
+LLM_SERVER = "llm-server"  # the component the LLM block stands for when it is the local model
+
+
+def llm(snapshot: Snapshot, width: int = 40) -> RenderableType:
+    """The LLM: backend and model, then, for the local model server, whether the model is
+    loaded, the tokens/s it generates, its slots and its queue; for another LLM, where the
+    calls go (the simulator is named as such: canned answers, no model)."""
+    state = snapshot.llm
+    if state is None:
+        return _missing(snapshot, "llm", "LLM state")
+    route, server = state.route, state.server
+    if server is None:
+        marker = Text("○", style="dim")  # not ours to ask: only the route is known
+    elif server.loaded:
+        marker = Text("●", style="green")
+    else:
+        marker = Text("◌" if server.reachable else "✖", style="yellow" if server.reachable else "red bold")
+    head = Text.assemble(marker, "  ")  # aligned with the component rows below
+    if route.simulated:
+        head.append(route.answered_by, style="yellow")
+    else:
+        head.append(f"{route.kind} ")
+        head.append(server.model if server is not None and server.model else route.model, style="bold")
+    lines = [head]
+    if server is None:
+        via = "gateway " if route.through_gateway else "at "
+        lines.append(Text(f"   {via}{route.calls}" + (f" → {route.upstream}" if route.upstream else ""), style="dim"))
+    elif not server.reachable:
+        lines.append(Text(f"   {server.summary()}", style="red"))
+    elif not server.loaded:
+        lines.append(Text("   loading the model…" + (f" ({server.detail})" if server.detail else ""), style="yellow"))
+    else:
+        speed = "–" if state.tokens_per_second is None else f"{state.tokens_per_second:.0f}"
+        lines.append(Text.assemble("   ", ("loaded", "green"), " · ", (speed, "bold"), " tok/s"))
+        busy = "–" if server.requests_processing is None else f"{server.requests_processing:.0f}"
+        full = server.slots is not None and server.requests_processing is not None and (
+            server.requests_processing >= server.slots
+        )
+        queued = server.requests_deferred or 0
+        lines.append(
+            Text.assemble(
+                "   slots ",
+                (f"{busy}/{'–' if server.slots is None else server.slots}", "bold" if full else ""),
+                " busy · ",
+                (f"{queued:.0f} queued", "yellow" if queued else "dim"),
+            )
+        )
+    for line in lines:
+        line.truncate(width, overflow="ellipsis")
+    return Group(*lines)
+
+
+def health(snapshot: Snapshot, width: int = 40) -> RenderableType:
+    """The LLM above the component rows; the local model server's own row is the LLM's first line."""
+    folded = (LLM_SERVER,) if snapshot.llm is not None and snapshot.llm.server is not None else ()
+    return Group(llm(snapshot, width), components(snapshot, width, hide=folded))
 
 
 def flink_jobs(snapshot: Snapshot, width: int = 40) -> RenderableType:

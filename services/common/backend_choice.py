@@ -3,7 +3,8 @@
 ``auto`` is a real Ollama when one answers at ``llm.ollama_url`` with a model, else the local
 model server (llama.cpp). The gateway runs in front of the local model server and of a
 configured upstream, and is itself the simulator for ``simulated``. Shared by the runtime (what
-to start), the gateway (where to forward) and the consumers (whom to call, how many at once).
+to start), the gateway (where to forward), the consumers (whom to call, how many at once) and
+the operator's views (``qactl status``, ``qactl watch``: ``llm_route``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,48 @@ def gateway_upstream(settings: QactlSettings, kind: BackendKind) -> str | None:
     if settings.gateway.upstream_url:
         return settings.gateway.upstream_url
     return settings.llm_server.base_url if kind == "local" else None
+
+
+@dataclass(frozen=True)
+class LlmRoute:
+    """Which LLM answers the consumers' calls, and the way those calls go."""
+
+    kind: BackendKind
+    model: str  # the model the calls ask for (the simulator's name for ``simulated``)
+    calls: str  # where the consumers send their calls
+    upstream: str | None = None  # where the gateway forwards them; None: no gateway in the way, or it answers itself
+    why: str = ""  # how "auto" chose
+
+    @property
+    def simulated(self) -> bool:
+        """The gateway's canned answers, no model, answer the calls."""
+        return self.kind == "simulated" and self.upstream is None
+
+    @property
+    def through_gateway(self) -> bool:
+        """The consumers call the built-in gateway (faults in front), not the LLM itself."""
+        return self.kind in ("local", "simulated")
+
+    @property
+    def answered_by(self) -> str:
+        """What answers, in words: the model's name, or plainly the simulator."""
+        return "simulated (canned answers)" if self.simulated else self.model
+
+
+def llm_route(settings: QactlSettings, probe_timeout: float = 1.0) -> LlmRoute:
+    """The route of the settings (``auto`` probes Ollama): what the consumers call, and with which model."""
+    llm = settings.llm
+    kind, model, why = llm.backend, llm.model, ""
+    if kind == "auto":
+        kind, model, why = auto_choice(settings, probe_timeout)
+    if kind == "openai":
+        return LlmRoute(kind, model, llm.openai_base_url, why=why)
+    if kind == "ollama":
+        return LlmRoute(kind, model, llm.ollama_url, why=why)
+    gateway = settings.gateway.base_url
+    if kind == "local":
+        return LlmRoute(kind, settings.llm_server.alias, f"{gateway}/v1", gateway_upstream(settings, kind), why)
+    return LlmRoute(kind, model, gateway, gateway_upstream(settings, kind), why)
 
 
 def consumer_concurrency(settings: QactlSettings, kind: BackendKind) -> int:

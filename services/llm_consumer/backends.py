@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from services.common.backend_choice import auto_choice
+from services.common.backend_choice import llm_route
 from services.common.prompts import SYSTEM
 from services.common.schemas import ErrorInfo, ErrorKind
 from services.common.settings import LLMSettings, QactlSettings
@@ -282,17 +282,14 @@ def choose_backend(settings: QactlSettings, probe_timeout: float = 1.0) -> tuple
     """The backend of the settings, and a one-line description for logs and ``qactl status``."""
     llm = settings.llm
     sampling = Sampling.from_settings(llm)
-    kind, model, why = llm.backend, llm.model, ""
-    if kind == "auto":
-        kind, model, why = auto_choice(settings, probe_timeout)
+    route = llm_route(settings, probe_timeout)
     backend: LLMBackend
-    if kind == "openai":
-        backend = OpenAIBackend(llm.openai_base_url, model, llm.timeout_seconds, llm.openai_api_key, sampling)
-    elif kind == "ollama":
-        backend = OllamaBackend(llm.ollama_url, model, llm.timeout_seconds, sampling)
-    elif kind == "local":
-        gateway_v1 = f"{settings.gateway.base_url}/v1"
-        backend = LocalBackend(gateway_v1, settings.llm_server.alias, llm.timeout_seconds, sampling=sampling)
+    if route.kind == "openai":
+        backend = OpenAIBackend(route.calls, route.model, llm.timeout_seconds, llm.openai_api_key, sampling)
+    elif route.kind == "ollama":
+        backend = OllamaBackend(route.calls, route.model, llm.timeout_seconds, sampling)
+    elif route.kind == "local":
+        backend = LocalBackend(route.calls, route.model, llm.timeout_seconds, sampling=sampling)
     else:
-        backend = SimulatedBackend(settings.gateway.base_url, llm.model, llm.timeout_seconds, sampling)
-    return backend, backend.description + (f" [{why}]" if why else "")
+        backend = SimulatedBackend(route.calls, route.model, llm.timeout_seconds, sampling)
+    return backend, backend.description + (f" [{route.why}]" if route.why else "")

@@ -70,9 +70,9 @@ class DashboardScreen(Screen[None]):
             )
             yield QuestionTable(id="questions", classes="panel page-questions")
             yield SnapshotPanel(
-                "components",
-                panels.components,
-                lambda s: (s.components, s.errors.get("health")),
+                "llm · components",
+                panels.health,
+                lambda s: (s.llm, s.components, s.errors.get("llm"), s.errors.get("health")),
                 id="health",
                 classes="panel page-health",
             )

@@ -32,6 +32,8 @@ SOURCES = (
     "flink: Flink REST (job state, checkpoints, records in/out)",
     "scores, regeneration outcomes: PostgreSQL",
     "recent questions, journeys: Redis status hops",
+    "llm: the backend and model the consumers call; the local model server's /health, /props and "
+    "/metrics (tok/s: tokens generated over the last 10 s, all slots)",
     "components: the same health probes as `qactl status`",
 )
 

@@ -29,10 +29,60 @@ def test_status_of_a_stack_that_is_not_up_exits_1_and_says_down():
     result = runner.invoke(app, ["status", "--json"])
     assert result.exit_code == 1
     report = json.loads(result.stdout)
-    names = {entry["name"] for entry in report}
+    components = report["components"]
+    names = {entry["name"] for entry in components}
     assert {"kafka", "flink", "postgres", "redis", "storage-api", "score-job"} <= names
-    assert not any(entry["ok"] for entry in report)
-    assert all(not p["running"] for entry in report for p in entry["processes"])
+    assert not any(entry["ok"] for entry in components)
+    assert all(not p["running"] for entry in components for p in entry["processes"])
+    assert report["llm"]["backend"] == "simulated" and report["llm"]["simulated"] is True
+
+
+def test_status_names_the_llm_above_the_table():
+    result = runner.invoke(app, ["status"])
+    words = " ".join(result.output.split())  # as wrapped at the runner's 80 columns
+    assert words.startswith("LLM simulated (canned answers), no model: consumers → gateway http://127.0.0.1:")
+
+
+def test_status_of_the_local_model_server_in_json_and_text(monkeypatch):
+    from tests.qactl.client.fake_llama_server import MODEL, FakeLlamaServer, metrics_page, running
+
+    fake = FakeLlamaServer(metrics=metrics_page(predicted=5000, predicted_seconds=100, processing=1, deferred=0))
+    with running(fake) as url:
+        monkeypatch.setenv("QACTL_LLM__BACKEND", "local")
+        monkeypatch.setenv("QACTL_LLM_SERVER__PORT", url.rsplit(":", 1)[1])
+        report = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+        text = " ".join(runner.invoke(app, ["status"]).output.split())
+    llm = report["llm"]
+    assert (llm["backend"], llm["model"], llm["simulated"]) == ("local", MODEL, False)
+    assert llm["calls"].endswith("/v1") and llm["upstream"] == url
+    server = llm["server"]
+    assert (server["loaded"], server["slots"], server["requests_processing"], server["requests_deferred"]) == (
+        True, 2, 1, 0
+    )
+    assert server["tokens_per_second"] == 50.0
+    assert f"LLM local {MODEL}: consumers → gateway" in text
+    assert "model server: loaded, 1/2 slots busy, 0 queued, 50 tok/s per answer" in text
+
+
+def test_llm_lines_for_each_kind_of_backend():
+    from qactl.cli.stack import llm_lines
+    from qactl.client.llm_server import ModelServerState
+    from services.common.backend_choice import LlmRoute
+
+    route = LlmRoute("ollama", "llama3.2:latest", "http://127.0.0.1:11434", why="auto: Ollama answered")
+    assert llm_lines(route, None).plain == (
+        "LLM  ollama llama3.2:latest: consumers → http://127.0.0.1:11434  (auto: Ollama answered)"
+    )
+    local = LlmRoute("local", "m", "http://127.0.0.1:11435/v1", "http://127.0.0.1:11436")
+    down = ModelServerState(False, False, "no answer at http://127.0.0.1:11436 (ConnectError)")
+    assert llm_lines(local, down).plain.splitlines() == [
+        "LLM  local m: consumers → gateway http://127.0.0.1:11435/v1 → http://127.0.0.1:11436",
+        "     model server: no answer at http://127.0.0.1:11436 (ConnectError)",
+    ]
+    loading = ModelServerState(True, False, "Loading model")
+    assert llm_lines(local, loading).plain.endswith("model server: loading the model (Loading model)")
+    other = ModelServerState(True, True, model="other-model", slots=4, requests_processing=0, requests_deferred=0)
+    assert llm_lines(local, other).plain.endswith("model server: loaded, other-model, 0/4 slots busy, 0 queued")
 
 
 def test_logs_of_an_unknown_component_is_a_one_line_error():
@@ -92,7 +142,8 @@ def test_the_global_options_reach_the_commands_and_leave_the_environment_alone(t
     status = runner.invoke(app, ["--config", str(config), "status", "--json"])
     shown = runner.invoke(app, ["--state-dir", str(state_dir), "logs", "persister"])
     assert dict(os.environ) == before
-    assert {e["name"]: e["endpoint"] for e in json.loads(status.stdout)}["persister"] == "http://127.0.0.1:47300"
+    endpoints = {e["name"]: e["endpoint"] for e in json.loads(status.stdout)["components"]}
+    assert endpoints["persister"] == "http://127.0.0.1:47300"
     assert shown.exit_code == 0 and "a line from elsewhere" in shown.output
 
 

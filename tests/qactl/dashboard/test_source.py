@@ -146,3 +146,16 @@ def test_journey_comes_from_redis_then_from_postgresql_once_expired():
     assert live.question == "text of q-1"
     stored = source.journey("q-old")
     assert stored.stage == Stage.failed and stored.question == "text of q-old"
+
+
+def test_the_llm_part_is_in_the_snapshot_and_a_failing_one_says_why():
+    from qactl.dashboard.model import LlmState
+    from tests.qactl.tui.recorded import recorded_llm
+
+    class Llm:
+        def llm(self) -> LlmState:
+            return recorded_llm()
+
+    assert DashboardSource(load_settings(), llm=Llm()).snapshot().llm == recorded_llm()
+    snap = DashboardSource(load_settings(), llm=Broken("refused")).snapshot()
+    assert snap.llm is None and "refused" in snap.errors["llm"]

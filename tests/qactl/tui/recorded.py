@@ -10,11 +10,13 @@ import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+from qactl.client.llm_server import ModelServerState
 from qactl.dashboard.model import (
     ComponentRow,
     FlinkJobRow,
     GroupLag,
     Journey,
+    LlmState,
     QuestionRow,
     RegenerationOutcomes,
     RetryBucket,
@@ -23,6 +25,7 @@ from qactl.dashboard.model import (
     histogram,
     score_edges,
 )
+from services.common.backend_choice import LlmRoute
 from services.common.schemas import ErrorInfo, ErrorKind, Hop, Stage
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -94,6 +97,7 @@ def recorded_snapshot() -> Snapshot:
             ComponentRow("flink", "infra", True, "1 taskmanager, 2 slots"),
             ComponentRow("postgres", "infra", True, "accepting connections"),
             ComponentRow("redis", "infra", True, "PONG"),
+            ComponentRow("llm-server", "infra", True, "SmolLM2-135M-Instruct-Q4_1, 2/2 slots busy, 1 queued"),
             ComponentRow("score-job", "job", True, "RUNNING"),
             ComponentRow("storage-api", "service", True, "healthy"),
             ComponentRow("llm-consumer", "service", True, "2 replicas"),
@@ -105,8 +109,20 @@ def recorded_snapshot() -> Snapshot:
         flink_jobs=(
             FlinkJobRow("a1b2", "qactl-score", "RUNNING", 3600.0, 118, 0, 4.2, 35.0, 1198, 1195),
         ),
+        llm=recorded_llm(),
         errors={},
     )
+
+
+def recorded_llm() -> LlmState:
+    """The local model server, both slots busy and one request waiting."""
+    model = "SmolLM2-135M-Instruct-Q4_1"
+    route = LlmRoute("local", model, "http://127.0.0.1:11435/v1", "http://127.0.0.1:11436")
+    server = ModelServerState(
+        reachable=True, loaded=True, model=model, slots=2, requests_processing=2, requests_deferred=1,
+        tokens_per_second=55.4, tokens_predicted=27293,
+    )
+    return LlmState(route, server, tokens_per_second=96.2)
 
 
 def recorded_journey(question_id: str = "q-0002") -> Journey:

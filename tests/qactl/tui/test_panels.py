@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qactl.dashboard.model import RegenerationOutcomes, histogram, score_edges
+from qactl.client.llm_server import ModelServerState
+from qactl.dashboard.model import LlmState, RegenerationOutcomes, histogram, score_edges
 from qactl.tui import panels
+from services.common.backend_choice import LlmRoute
 from tests.qactl.tui.conftest import render_text
-from tests.qactl.tui.recorded import T0, recorded_journey, recorded_snapshot
+from tests.qactl.tui.recorded import T0, recorded_journey, recorded_llm, recorded_snapshot
 
 
 def test_sparkline_scales_to_the_peak_and_keeps_zero_blank():
@@ -80,6 +82,60 @@ def test_components_mark_the_unhealthy_one():
     persister = next(line for line in text.splitlines() if "persister" in line)
     assert persister.startswith("✖") and "no heartbeat" in persister
     assert all(line.startswith("●") for line in text.splitlines() if "kafka" in line)
+
+
+def llm_snapshot(route: LlmRoute | None = None, server: ModelServerState | None = None, rate: float | None = None):
+    recorded = recorded_llm()
+    state = LlmState(route or recorded.route, server, rate) if route or server else recorded
+    return replace(recorded_snapshot(), llm=state)
+
+
+def test_llm_shows_the_local_model_loaded_its_speed_slots_and_queue():
+    lines = render_text(panels.llm(recorded_snapshot(), 40), 40).splitlines()
+    assert lines == [
+        "●  local SmolLM2-135M-Instruct-Q4_1",
+        "   loaded · 96 tok/s",
+        "   slots 2/2 busy · 1 queued",
+    ]
+
+
+def test_llm_says_plainly_when_the_simulator_answers():
+    route = LlmRoute("simulated", "qactl-sim", "http://127.0.0.1:11435")
+    lines = render_text(panels.llm(llm_snapshot(route), 40), 40).splitlines()
+    assert lines == ["○  simulated (canned answers)", "   gateway http://127.0.0.1:11435"]
+
+
+def test_llm_names_another_backend_and_where_the_calls_go():
+    route = LlmRoute("ollama", "llama3.2:latest", "http://127.0.0.1:11434", why="auto: Ollama answered")
+    lines = render_text(panels.llm(llm_snapshot(route), 40), 40).splitlines()
+    assert lines == ["○  ollama llama3.2:latest", "   at http://127.0.0.1:11434"]
+
+
+def test_llm_while_the_model_loads_and_when_the_server_does_not_answer():
+    loading = ModelServerState(reachable=True, loaded=False, detail="Loading model")
+    text = render_text(panels.llm(llm_snapshot(server=loading), 50), 50)
+    assert text.splitlines()[0].startswith("◌  local SmolLM2")
+    assert "loading the model… (Loading model)" in text
+    down = ModelServerState(reachable=False, loaded=False, detail="no answer at http://127.0.0.1:11436 (ConnectError)")
+    text = render_text(panels.llm(llm_snapshot(server=down), 60), 60)
+    assert text.splitlines()[0].startswith("✖  local")
+    assert "no answer at http://127.0.0.1:11436" in text
+
+
+def test_llm_missing_says_why():
+    snap = replace(recorded_snapshot(), llm=None, errors={"llm": "ConnectError: refused"})
+    assert "refused" in render_text(panels.llm(snap, 40), 40)
+
+
+def test_health_puts_the_llm_first_and_folds_the_model_servers_own_row_into_it():
+    text = render_text(panels.health(recorded_snapshot(), 40), 40)
+    lines = text.splitlines()
+    assert lines[0].startswith("●  local SmolLM2") and "kafka" in lines[3]
+    assert "llm-server" not in text
+    assert len(lines) == 3 + len(recorded_snapshot().components) - 1
+    # Another backend has no server state of its own: every component row stays.
+    route = LlmRoute("ollama", "llama3.2:latest", "http://127.0.0.1:11434")
+    assert "llm-server" in render_text(panels.health(llm_snapshot(route), 40), 40)
 
 
 def test_flink_job_state_checkpoints_and_records():

@@ -25,7 +25,13 @@ from services.llm_consumer.backends import (
     choose_backend,
     parse_retry_after,
 )
-from services.common.backend_choice import consumer_concurrency, gateway_upstream, resolve_backend_kind
+from services.common.backend_choice import (
+    LlmRoute,
+    consumer_concurrency,
+    gateway_upstream,
+    llm_route,
+    resolve_backend_kind,
+)
 from tests.services.llm_consumer.scripted_http import Script, scripted_server
 from tests.services.llm_gateway.server import RunningGateway, free_port, running_gateway
 
@@ -241,6 +247,24 @@ def test_explicit_backends() -> None:
     assert isinstance(backend, SimulatedBackend)
     assert gateway_upstream(settings_with(backend="simulated"), "simulated") is None
     assert resolve_backend_kind(settings_with(backend="openai")) == "openai"
+
+
+def test_the_route_shown_to_the_operator_is_the_one_the_consumers_take() -> None:
+    """`qactl status` and `watch` show ``llm_route``; ``choose_backend`` builds the client from it."""
+    local = settings_with(backend="local")
+    assert llm_route(local) == LlmRoute(
+        "local", local.llm_server.alias, "http://127.0.0.1:11435/v1", local.llm_server.base_url
+    )
+    simulated = llm_route(settings_with(backend="simulated"))
+    assert simulated == LlmRoute("simulated", "qactl-sim", "http://127.0.0.1:11435")
+    assert simulated.simulated and simulated.answered_by == "simulated (canned answers)"
+    forwarded = llm_route(load_settings(llm={"backend": "simulated"}, gateway={"upstream_url": "http://llm.example"}))
+    assert not forwarded.simulated and forwarded.answered_by == "qactl-sim"  # the upstream answers
+    ollama = llm_route(settings_with(backend="ollama", ollama_url="http://10.0.0.5:11434", model="llama3.2"))
+    assert ollama == LlmRoute("ollama", "llama3.2", "http://10.0.0.5:11434")
+    assert ollama.answered_by == "llama3.2"
+    auto = llm_route(settings_with(backend="auto", ollama_url=f"http://127.0.0.1:{free_port()}"), probe_timeout=0.5)
+    assert auto.kind == "local" and auto.why.startswith("auto: no Ollama")
 
 
 # --- sampling and concurrency ---
