@@ -220,7 +220,10 @@ def test_kill_9_of_the_model_server_mid_answer_loses_no_question(real_pipeline, 
         h.error.message for j in journeys.values() for h in j.hops if h.topic == topics.LLM_OVERLOAD.name and h.error
     ]
     print("after the kill:", sorted(j.state.value for j in journeys.values()), "overload errors:", errors[:3])
-    assert errors, "no question in flight went through the overload path"
+    # The calls the server was decoding when it died, cut off: the gateway read no (or half a) reply,
+    # where a call made while it was down is refused (ConnectError) or told "Loading model".
+    cut_off = [e for e in errors if "Server disconnected" in e or "ReadError" in e]
+    assert cut_off, f"no call was cut off mid-answer: {errors}"
     answered = [j for j in journeys.values() if j.state != Stage.failed]
     assert answered, "no question in flight was answered once the server was back (within the retry window)"
     for journey in answered:
