@@ -36,6 +36,7 @@ def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
         "redis": {"port": base + 379},
         "api": {"port": base + 1},
         "gateway": {"port": base + 435},
+        "llm_server": {"port": base + 436},
         "services": {"metrics_base_port": base + 300},
     }
     if "QACTL_CACHE_DIR" in os.environ:  # the shared jar cache

@@ -9,6 +9,7 @@ model is loaded) and ``/metrics``, on loopback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from qactl.client import llm_server as server_client
@@ -66,7 +67,21 @@ def process(settings: QactlSettings) -> ProcessSpec:
         stop_timeout=15.0,
         start_timeout=120.0,
         health=lambda: health(settings),
+        start_error=start_error,
     )
+
+
+# llama.cpp's log lines, "0.00.033.665 E gguf_init_from_reader: ..." (level E is an error; a
+# "srv" or "cmn" may name the part), and its argument parser's "error: invalid argument: --x".
+_ERROR_LINE = re.compile(r"^(?:[\d.]+ E\s+(?:[a-z]{3,4}\s+)?|error:\s*)(?P<text>.+)$", re.MULTILINE)
+
+
+def start_error(log: str) -> str | None:
+    """Why llama-server gave up, in one line: its first error (the cause) and its last (what it did)."""
+    errors = [" ".join(m["text"].split()) for m in _ERROR_LINE.finditer(log)]
+    if not errors:
+        return None
+    return errors[0] if len(errors) == 1 else f"{errors[0]} ... {errors[-1]}"
 
 
 def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Health:

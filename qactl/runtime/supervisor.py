@@ -40,6 +40,7 @@ class Health:
     data: Mapping[str, object] = field(default_factory=dict)
 
 
+START_MARKER = "--- qactl starting"  # the line ``start`` writes into the log before each launch
 PORT_GRACE_SECONDS = 3.0  # how long a port a just-killed process held may stay taken
 
 
@@ -65,6 +66,9 @@ class ProcessSpec:
     start_timeout: float = 60.0
     health: Callable[[], Health] | None = None
     settings: QactlSettings | None = None  # handed to the child in its settings file
+    # One line saying why the process exited during start, read from its log of this start;
+    # None when the log does not say (then the log's last lines are shown instead).
+    start_error: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file(spec.name), "ab", buffering=0)
-        log.write(f"\n--- qactl starting {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
+        log.write(f"\n{START_MARKER} {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
         env = child_environment(spec.env)
         if spec.settings is not None:
             env[SETTINGS_FILE_ENV] = str(write_settings_file(spec.settings, self.settings_file(spec.name)))
@@ -204,6 +208,10 @@ class Supervisor:
 
         def probe() -> Health:
             if not self.is_running(spec.name):
+                reason = spec.start_error(self.log_of_last_start(spec.name)) if spec.start_error else None
+                if reason:
+                    log = self.log_file(spec.name)
+                    raise ComponentFailed(f"{spec.name} exited during start: {reason} (log: {log})")
                 raise ComponentFailed(
                     f"{spec.name} exited during start; last log lines:\n{self.tail(spec.name, 15)}"
                 )
@@ -251,14 +259,22 @@ class Supervisor:
         self.settings_file(name).unlink(missing_ok=True)
 
     def tail(self, name: str, lines: int = 20) -> str:
+        return "\n".join(self._log_end(name).splitlines()[-lines:])
+
+    def log_of_last_start(self, name: str) -> str:
+        """What the process wrote since ``start`` last launched it (within the log's last 64 KiB)."""
+        data = self._log_end(name)
+        marker = data.rfind(f"{START_MARKER} {name} ")
+        return data if marker < 0 else data[marker:].partition("\n")[2]
+
+    def _log_end(self, name: str) -> str:
         try:
             with open(self.log_file(name), "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - 64 * 1024))
-                data = fh.read().decode("utf-8", "replace")
+                return fh.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(data.splitlines()[-lines:])
 
 
 def _signal_group(pid: int, sig: int) -> None:

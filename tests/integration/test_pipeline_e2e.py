@@ -20,9 +20,8 @@ from qactl.client.gateway import GatewayClient
 from qactl.runtime.stack import Stack
 from services.common import db, topics
 from services.common.knowledge_base import load_knowledge_base
-from services.common.schemas import TERMINAL_STAGES
 from services.common.settings import QactlSettings
-from tests.services.pipeline import watching
+from tests.services.pipeline import terminal_rows, wait_terminal, watching
 from tests.stack import INFRA, running, test_settings
 
 pytestmark = pytest.mark.stack
@@ -79,31 +78,8 @@ def tagged(index: int = 0) -> tuple[str, str, str]:
     return f"{entry.question} ({tag})", entry.reference_answer, tag
 
 
-def wait_terminal(api: StorageApiClient, question_id: str, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = api.status(question_id)
-        if status.state in TERMINAL_STAGES:
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"{question_id} not terminal after {timeout:.0f}s: {api.status(question_id)}")
-
-
 def topics_of(watch, question_id: str) -> list[str]:
     return [seen.topic for seen in sorted(watch.of(question_id), key=lambda s: s.timestamp_ms)]
-
-
-def terminal_rows(settings: QactlSettings, question_ids: list[str]) -> dict[str, list[str]]:
-    """Every terminal record per question: responses' status, failed_questions' 'failed'."""
-    found: dict[str, list[str]] = {qid: [] for qid in question_ids}
-    with db.connect(settings.postgres.url, timeout=None) as conn, conn.cursor() as cur:
-        cur.execute("SELECT question_id, status FROM responses WHERE question_id = ANY(%s)", (question_ids,))
-        for qid, status in cur.fetchall():
-            found[qid].append(status)
-        cur.execute("SELECT question_id FROM failed_questions WHERE question_id = ANY(%s)", (question_ids,))
-        for (qid,) in cur.fetchall():
-            found[qid].append("failed")
-    return found
 
 
 def ask_until_validated(settings: QactlSettings, api: StorageApiClient, question: str, reference: str):

@@ -20,9 +20,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import BaseModel
 
 from qactl.client import kafka_admin
+from qactl.client.api import QuestionStatus, StorageApiClient
 from qactl.runtime.services import components
 from qactl.runtime.supervisor import ProcessSpec, Supervisor
-from services.common.schemas import QuestionMessage, encode, model_for_topic, question_id_for
+from services.common import db
+from services.common.schemas import TERMINAL_STAGES, QuestionMessage, encode, model_for_topic, question_id_for
 from services.common.settings import QactlSettings
 
 
@@ -268,3 +270,29 @@ def wait_until(condition, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- terminal states, as the storage API and PostgreSQL hold them ---
+
+
+def wait_terminal(api: StorageApiClient, question_id: str, timeout: float = 300.0) -> QuestionStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api.status(question_id)
+        if status.state in TERMINAL_STAGES:
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"{question_id} not terminal after {timeout:.0f}s: {api.status(question_id)}")
+
+
+def terminal_rows(settings: QactlSettings, question_ids: list[str]) -> dict[str, list[str]]:
+    """Every terminal record per question: responses' status, failed_questions' 'failed'."""
+    found: dict[str, list[str]] = {qid: [] for qid in question_ids}
+    with db.connect(settings.postgres.url, timeout=None) as conn, conn.cursor() as cur:
+        cur.execute("SELECT question_id, status FROM responses WHERE question_id = ANY(%s)", (question_ids,))
+        for qid, status in cur.fetchall():
+            found[qid].append(status)
+        cur.execute("SELECT question_id FROM failed_questions WHERE question_id = ANY(%s)", (question_ids,))
+        for (qid,) in cur.fetchall():
+            found[qid].append("failed")
+    return found

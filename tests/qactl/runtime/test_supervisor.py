@@ -106,6 +106,24 @@ def test_a_dead_process_is_not_running_and_fails_the_health_wait(supervisor: Sup
     assert not supervisor.state("crasher").running
 
 
+def test_a_process_that_says_why_it_exited_fails_in_one_line_about_this_start(supervisor: Supervisor) -> None:
+    def first_error(log: str) -> str | None:
+        return next((line for line in log.splitlines() if line.startswith("ERROR")), None)
+
+    earlier = ProcessSpec("crasher", [sys.executable, "-c", "print('ERROR an earlier start')"], start_error=first_error)
+    supervisor.start(earlier)
+    with pytest.raises(ComponentFailed):
+        supervisor.wait_healthy(earlier)
+    script = "print('loading'); print('ERROR the model is truncated'); raise SystemExit(1)"
+    spec = ProcessSpec("crasher", [sys.executable, "-c", script], start_timeout=10, start_error=first_error)
+    supervisor.start(spec)
+    with pytest.raises(ComponentFailed) as caught:
+        supervisor.wait_healthy(spec)
+    assert str(caught.value) == (
+        f"crasher exited during start: ERROR the model is truncated (log: {supervisor.log_file('crasher')})"
+    )
+
+
 def test_wait_healthy_polls_the_probe_until_ok(supervisor: Supervisor) -> None:
     calls = []
 
