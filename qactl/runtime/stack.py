@@ -148,8 +148,16 @@ class Stack:
         for spec in to_start:
             events(comp.name, "starting", spec.name)
             self.supervisor.start(spec)
-        for spec in specs:
-            self.supervisor.wait_healthy(spec, lambda d: events(comp.name, "waiting", d))
+        try:
+            for spec in specs:
+                self.supervisor.wait_healthy(spec, lambda d: events(comp.name, "waiting", d))
+        except ComponentFailed as exc:
+            # Nothing half-started: what this `up` started and never became healthy stops again.
+            for spec in specs:
+                if spec in to_start or spec.name in launched:
+                    self.supervisor.stop(spec.name, spec.stop_signal, spec.stop_timeout)
+            events(comp.name, "failed", str(exc).splitlines()[0])
+            raise
         setup_changed = bool(comp.after_start(report)) or setup_changed
         health = comp.health()
         if not health.ok:

@@ -134,12 +134,12 @@ def llm_route(settings: QactlSettings, probe_timeout: float = 1.0) -> LlmRoute:
 
 
 def consumer_concurrency(settings: QactlSettings, kind: BackendKind) -> int:
-    """Calls in flight per consumer replica: enough to keep the local server's slots busy
-    (one call more than its slots over all replicas, so a slot never waits for the next
-    request), and no more, or calls queue inside the server and time out there."""
+    """Calls in flight per consumer replica. For the local model server: its slots shared out
+    over the replicas (rounded up, so every slot has a caller), and no more: a call beyond the
+    slots only queues inside the server, where its wait counts against the call's timeout."""
     if settings.llm.concurrency is not None:
         return settings.llm.concurrency
     if kind != "local":
         return 8
     replicas = max(1, settings.services.llm_consumer_replicas)
-    return max(1, -(-(settings.llm_server.slots + 1) // replicas))
+    return max(1, -(-settings.llm_server.slots // replicas))

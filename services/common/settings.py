@@ -179,7 +179,7 @@ class LLMSettings(BaseModel):
     concurrency: int | None = Field(
         default=None,
         description="Concurrent LLM calls per llm-consumer replica; default: 8, or for the local "
-        "model server enough to keep its slots busy (slots + 1 over all replicas).",
+        "model server its slots shared out over the replicas (rounded up).",
     )
     max_tokens: int = Field(default=70, description="Longest answer asked of the model, in tokens.")
     temperature: float = Field(default=0.7, description="Sampling temperature of a first attempt.")

@@ -2,7 +2,7 @@
 
 The poll loop (one thread, the only one touching the Kafka consumer) keeps a small buffer of
 fetched questions and hands them to a ``CallPool`` with at most ``consumer_concurrency`` calls
-in flight (for the local model server: its slots, plus one, over all replicas). Each finished
+in flight (for the local model server: its slots shared out over the replicas). Each finished
 call becomes one outcome message:
 
 - an answer -> ``llm-responses-success`` (``LLMAnswer``)

@@ -77,5 +77,7 @@ def test_a_component_that_never_gets_healthy_fails_up(settings: QactlSettings) -
     try:
         with pytest.raises(ComponentFailed, match="not healthy after"):
             stack.up()
+        # Nothing half-started: the process `up` started for it is stopped again.
+        assert not Supervisor(settings).is_running("sick")
     finally:
         stack.down()

@@ -289,6 +289,7 @@ def test_openai_requests_carry_the_system_message_and_the_attempts_sampling() ->
 
 def test_local_concurrency_keeps_the_slots_busy_without_queueing_in_the_server() -> None:
     settings = load_settings(llm_server={"slots": 2}, services={"llm_consumer_replicas": 2})
-    assert consumer_concurrency(settings, "local") == 2  # 3 calls over 2 replicas, rounded up
+    assert consumer_concurrency(settings, "local") == 1  # 2 slots over 2 replicas
+    assert consumer_concurrency(load_settings(llm_server={"slots": 4}, services={"llm_consumer_replicas": 3}), "local") == 2
     assert consumer_concurrency(settings, "simulated") == 8
     assert consumer_concurrency(load_settings(llm={"concurrency": 5}), "local") == 5
