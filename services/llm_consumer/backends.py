@@ -44,6 +44,8 @@ class Sampling:
     max_tokens: int = 70
     temperature: float = 0.7
     temperature_step: float = 0.15
+    # Which draw of an attempt: the pipeline makes one (0); flink/calibrate.py draws several.
+    sample: int = 0
 
     @classmethod
     def from_settings(cls, llm: LLMSettings) -> "Sampling":
@@ -53,9 +55,11 @@ class Sampling:
         return round(min(2.0, self.temperature + attempt * self.temperature_step), 3)
 
     @staticmethod
-    def seed_for(prompt: str, attempt: int) -> int:
-        """Stable for one prompt and attempt (a retry after a 503 asks the same), new for the next."""
-        return int.from_bytes(hashlib.sha256(f"{attempt}\0{prompt}".encode()).digest()[:4], "big")
+    def seed_for(prompt: str, attempt: int, sample: int = 0) -> int:
+        """Stable for one prompt and attempt (a retry after a 503 asks the same), new for the next;
+        another ``sample`` of the same attempt gets another seed (sample 0's is the pipeline's)."""
+        key = f"{attempt}\0{prompt}" if sample == 0 else f"{attempt}\0{sample}\0{prompt}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ class OllamaBackend(LLMBackend):
         options = {
             "num_predict": self.sampling.max_tokens,
             "temperature": self.sampling.temperature_for(attempt),
-            "seed": self.sampling.seed_for(prompt, attempt),
+            "seed": self.sampling.seed_for(prompt, attempt, self.sampling.sample),
         }
         return f"{self.base_url}/api/generate", {"model": self.model, "prompt": prompt, "stream": False, "options": options}, {}
 
@@ -258,7 +262,7 @@ class OpenAIBackend(LLMBackend):
             "stream": False,
             "max_tokens": self.sampling.max_tokens,
             "temperature": self.sampling.temperature_for(attempt),
-            "seed": self.sampling.seed_for(prompt, attempt),
+            "seed": self.sampling.seed_for(prompt, attempt, self.sampling.sample),
         }
         return f"{self.base_url}/chat/completions", payload, headers
 

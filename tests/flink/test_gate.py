@@ -54,14 +54,14 @@ def test_a_batch_is_routed_by_score(gate, entry):
     regeneration = QuestionMessage.model_validate_json(payload)
     assert regeneration.attempt == 1
     assert regeneration.previous_answer == entry.degraded[0]
-    assert regeneration.previous_score is not None and regeneration.previous_score <= 0.75
+    assert regeneration.previous_score is not None and regeneration.previous_score <= Policies().quality_threshold
 
 
 def test_low_score_after_the_last_regeneration_is_low_quality(gate, entry):
     last = answer_for(entry, entry.degraded[1], attempt=Policies().max_regenerations)
     [(topic, question_id, payload)] = gate.process_batch([raw(last)])
     assert topic == topics.LOW_QUALITY.name and question_id == last.question_id
-    assert ScoredAnswer.model_validate_json(payload).score <= 0.75
+    assert ScoredAnswer.model_validate_json(payload).score <= Policies().quality_threshold
 
 
 def test_malformed_input_goes_to_dead_letter_and_the_rest_is_scored(gate, entry):

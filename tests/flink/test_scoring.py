@@ -143,14 +143,20 @@ def test_calibration_file_is_for_this_model(scorer) -> None:
 
 
 def test_threshold_separates_good_answers_from_bad_ones(scorer, sets) -> None:
-    """Measured (SCORING.md): every paraphrase above 0.75, every degraded answer and every
-    answer of another question at or below it."""
+    """Measured (SCORING.md): every paraphrase above 0.75 (where the layer was chosen), every
+    degraded answer and every answer of another question at or below it. At the gate's default
+    (0.6) paraphrases still pass and degraded answers fail, but the closest answer of a
+    neighbouring question passes too: the figure calibration.json records."""
+    data = json.loads(CALIBRATION_FILE.read_text())
+    selection = data["selection_threshold"]
     good = scorer.score(*split(sets.paraphrase))
     degraded = scorer.score(*split(sets.degraded))
     other = scorer.score(*split(sets.other_question))
-    assert min(good) > THRESHOLD, sorted(good)[:3]
-    assert max(degraded) <= THRESHOLD, sorted(degraded)[-3:]
-    assert max(other) <= THRESHOLD, sorted(other)[-3:]
+    assert min(good) > selection, sorted(good)[:3]
+    assert max(degraded) <= selection, sorted(degraded)[-3:]
+    assert max(other) <= selection, sorted(other)[-3:]
+    assert min(good) > THRESHOLD and max(degraded) <= THRESHOLD
+    assert sum(s > THRESHOLD for s in other) == data["at_threshold"]["other_question_above_threshold"]
 
 
 def test_one_model_per_process() -> None:

@@ -278,6 +278,14 @@ def test_every_attempt_is_a_new_sample_and_a_retry_the_same() -> None:
     assert sampling.seed_for("p", 1) == sampling.seed_for("p", 1)
 
 
+def test_another_sample_of_an_attempt_draws_another_seed() -> None:
+    """flink/calibrate.py draws several first answers; the pipeline's seeds (sample 0) stay."""
+    first, third = (LocalBackend("http://gw/v1", "m", 5.0, sampling=Sampling(sample=k)) for k in (0, 2))
+    assert first._request("p", 0)[1]["seed"] == Sampling.seed_for("p", 0)
+    assert third._request("p", 0)[1]["seed"] == Sampling.seed_for("p", 0, 2) != Sampling.seed_for("p", 0)
+    assert third._request("p", 0)[1]["temperature"] == first._request("p", 0)[1]["temperature"]
+
+
 def test_openai_requests_carry_the_system_message_and_the_attempts_sampling() -> None:
     backend = LocalBackend("http://gw/v1", "m", 5.0, sampling=Sampling(max_tokens=50, temperature=0.5, temperature_step=0.25))
     url, body, _ = backend._request("the prompt", 2)
