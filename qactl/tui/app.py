@@ -17,6 +17,7 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from qactl.dashboard.model import Journey, Snapshot
+from services.common.settings import Policies
 from qactl.dashboard.actions import Actions
 from qactl.tui.screens.dashboard import DashboardScreen
 from qactl.tui.screens.help import HelpScreen
@@ -70,7 +71,7 @@ class QactlWatchApp(App[None]):
         self,
         source: Source,
         *,
-        threshold: float = 0.75,
+        threshold: float = Policies().quality_threshold,
         refresh_seconds: float = 1.0,
         actions: Actions | None = None,
     ) -> None:

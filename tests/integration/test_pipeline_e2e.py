@@ -144,7 +144,8 @@ def test_low_score_is_regenerated_to_a_higher_score(pipeline, gateway, api):
     assert status.state == "validated"
     final = watch.of(submission.question_id, topics.VALIDATED.name)[0].message
     assert final.attempt == 1
-    assert final.previous_score is not None and final.previous_score <= 0.75 < final.score
+    threshold = pipeline.policies.quality_threshold
+    assert final.previous_score is not None and final.previous_score <= threshold < final.score
     with db.connect(pipeline.postgres.url, timeout=None) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",

@@ -23,7 +23,7 @@ def test_example_config_documents_every_key_with_its_default(monkeypatch):
     for section, values in documented.items():
         for key, value in values.items():
             assert defaults[section][key] == value, f"{section}.{key} in qactl.example.toml"
-    for section in ("policies", "kafka", "flink", "postgres", "redis", "api", "llm", "gateway", "services"):
+    for section in ("policies", "kafka", "flink", "postgres", "redis", "api", "llm", "llm_server", "gateway", "services"):
         assert section in documented, f"section [{section}] missing from qactl.example.toml"
 
 

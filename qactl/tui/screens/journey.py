@@ -14,6 +14,7 @@ from textual.worker import Worker, WorkerState
 from qactl.dashboard.model import Journey
 from qactl.tui import panels
 from services.common.schemas import TERMINAL_STAGES
+from services.common.settings import Policies
 
 
 class JourneyScreen(Screen[None]):
@@ -56,7 +57,7 @@ class JourneyScreen(Screen[None]):
 
     def show(self, journey: Journey) -> None:
         self.journey = journey
-        threshold = getattr(self.app, "threshold", 0.75)
+        threshold = getattr(self.app, "threshold", Policies().quality_threshold)
         body = self.query_one("#journey", Static)
         body.update(panels.journey(journey, threshold, body.content_size.width or self.size.width - 2))
 
