@@ -51,7 +51,7 @@ from services.common.schemas import (
 )
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
-from services.retry.policy import GiveUp, KindSpec, RetryKind, Schedule, decide
+from services.retry.policy import KINDS, GiveUp, KindSpec, Reroute, RetryKind, Schedule, decide
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ BATCH = 100
 SCHEDULED = Counter("qactl_retry_scheduled_total", "Retries put on a delay topic", ["kind"])
 REQUEUED = Counter("qactl_retry_requeued_total", "Retries sent back to questions-pending", ["kind"])
 EXHAUSTED = Counter("qactl_retry_exhausted_total", "Questions dead-lettered with retries used up", ["kind"])
+REROUTED = Counter(
+    "qactl_retry_rerouted_total", "Failed calls sent on to another kind's path (Retry-After over the cap)", ["kind"]
+)
 POISON = Counter("qactl_retry_poison_total", "Undecodable messages sent to the dead letter", ["topic"])
 DELAY = Histogram(
     "qactl_retry_delay_seconds",
@@ -94,8 +97,6 @@ class RetryService:
         rng: random.Random | None = None,
         client_suffix: str = "",
     ) -> None:
-        from services.retry.policy import KINDS
-
         self.settings = settings
         self.policies = settings.policies
         self.spec: KindSpec = KINDS[kind]
@@ -186,6 +187,9 @@ class RetryService:
         if isinstance(decision, GiveUp):
             self._give_up(producer, failed, decision, now)
             return
+        if isinstance(decision, Reroute):
+            self._reroute(producer, failed, decision, now)
+            return
         assert isinstance(decision, Schedule)
         limit = self.spec.max_retries(self.policies)
         hop = Hop(
@@ -209,6 +213,21 @@ class RetryService:
         produce(producer, decision.topic, waiting)
         SCHEDULED.labels(self.spec.kind.value).inc()
         DELAY.labels(self.spec.kind.value).observe(decision.delay_seconds)
+        self._record(failed.question_id, hop)
+
+    def _reroute(self, producer: Producer, failed: LLMError, decision: Reroute, now: datetime) -> None:
+        target = KINDS[decision.kind]
+        hop = Hop(
+            stage=target.stage,
+            topic=target.error_topic,
+            at=now,
+            attempt=failed.attempt,
+            error=failed.error,
+            note=decision.reason,
+        )
+        log.info("%s -> %s: %s", failed.question_id, target.error_topic, decision.reason)
+        produce(producer, target.error_topic, failed.advance(hop, LLMError))
+        REROUTED.labels(self.spec.kind.value).inc()
         self._record(failed.question_id, hop)
 
     def _give_up(self, producer: Producer, failed: LLMError, decision: GiveUp, now: datetime) -> None:

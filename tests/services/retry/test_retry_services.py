@@ -194,3 +194,38 @@ def test_poison_on_every_topic_a_retry_service_reads_goes_to_the_dead_letter(
     for seen in watch.seen:
         if seen.topic == DEAD and seen.message.question_id.startswith("poison-"):
             assert seen.message.raw  # the undecodable bytes are kept (base64)
+
+
+def test_a_retry_after_over_the_cap_holds_no_level_and_ends_with_the_reason(stack_settings: QactlSettings) -> None:
+    """Retry-After of an hour and of 1e12 s: over the overload cap (20 s) the question takes the
+    quota path, over the quota cap (300 s) the dead letter; a retry due now on the same level
+    is not held behind them, and the service keeps going."""
+    settings = stack_settings
+    hour, forever, due_now = unique_question("retry-after-hour"), unique_question("retry-after-1e12"), unique_question("due-now")
+    level_0 = topics.overload_delay_topic(0).name
+    with watching(settings, PENDING, level_0, topics.LLM_QUOTA.name, DEAD) as watch:
+        with retry_service(settings, RetryKind.overload), retry_service(settings, RetryKind.quota):
+            produce_models(settings, topics.LLM_OVERLOAD.name, [
+                failed_call(hour, ErrorKind.overload, retry_after_seconds=3600),
+                failed_call(forever, ErrorKind.overload, retry_after_seconds=1e12),
+            ])
+            produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(due_now, ErrorKind.overload)])
+            watch.wait_for(
+                lambda seen: watch.of(due_now.question_id, PENDING)
+                and watch.of(hour.question_id, DEAD) and watch.of(forever.question_id, DEAD),
+                30,
+                "the retry due now re-queued and both long Retry-Afters dead-lettered",
+            )
+    assert watch.of(due_now.question_id, level_0)  # the same level the hour would have waited on
+    status = StatusTracker(settings)
+    for question, seconds in ((hour, "3600"), (forever, "1e+12")):
+        assert not watch.of(question.question_id, level_0) and not watch.of(question.question_id, PENDING)
+        (moved,) = watch.of(question.question_id, topics.LLM_QUOTA.name)
+        assert moved.message.hops[-1].stage is Stage.retrying_quota
+        assert moved.message.hops[-1].note == (
+            f"Retry-After {seconds} s is over the overload cap of 20 s: the question takes the quota path"
+        )
+        (letter,) = watch.of(question.question_id, DEAD)
+        assert letter.message.reason == f"Retry-After {seconds} s is over the quota cap of 300 s"
+        assert [h.stage for h in letter.message.message.hops][-2:] == [Stage.retrying_quota, Stage.failed]
+        assert status.current(question.question_id) is Stage.failed
