@@ -8,6 +8,9 @@ waits and retries with backoff, holding the message, so nothing is lost and ``/h
 
 A message that does not decode goes to the dead letter with the reason, unless it *is* on the
 dead-letter topic: then it is stored as a ``poison`` failure right here, never re-sent (no loop).
+A message that decodes but cannot become an outcome is handled the same way. A write that fails
+for anything but PostgreSQL being down stores the question's failure with the reason instead
+(``Writer.write_unstorable``): one bad message never stops the others.
 """
 
 from __future__ import annotations
@@ -154,7 +157,10 @@ class Persister:
         source = f"{topic}[{msg.partition()}]@{msg.offset()}"
         try:
             outcome = self._outcome(msg, topic, source)
-        except PoisonMessage as exc:
+        except Exception as exc:  # noqa: BLE001 (undecodable, or no outcome can be made of it)
+            if not isinstance(exc, PoisonMessage):
+                log.exception("%s decodes but is no outcome", source)
+                exc = PoisonMessage(f"no outcome can be made of it: {type(exc).__name__}: {exc}")
             POISON.labels(topic).inc()
             if topic != topics.DEAD_LETTER.name:
                 send_poison_to_dead_letter(producer, msg, exc)
@@ -189,7 +195,7 @@ class Persister:
         while True:
             started = time.perf_counter()
             try:
-                result = self.writer.write(outcome)
+                result = self._write_or_record_failure(outcome)
             except DatabaseDown as exc:
                 DB_UP.set(0)
                 if self.waiting_since is None:
@@ -199,17 +205,27 @@ class Persister:
                     return None
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            except Unstorable as exc:
-                # The data itself cannot be stored (not a transient failure): keep the question's
-                # failure on record instead, and never retry forever.
-                log.error("%s cannot be stored as %s: %s", outcome.source, outcome.state.value, exc)
-                result = self.writer.write_unstorable(outcome, str(exc))
             DB_UP.set(1)
             WRITE_SECONDS.observe(time.perf_counter() - started)
             if self.waiting_since is not None:
                 log.info("postgres is back after %.1fs", time.monotonic() - self.waiting_since)
                 self.waiting_since = None
             return result
+
+    def _write_or_record_failure(self, outcome: Outcome) -> WriteResult:
+        """Write; if this outcome cannot be stored (not a transient failure), its failure instead."""
+        try:
+            return self.writer.write(outcome)
+        except DatabaseDown:
+            raise
+        except Unstorable as exc:
+            log.error("%s cannot be stored as %s: %s", outcome.source, outcome.state.value, exc)
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 (an unexpected error of one message must not stop the others)
+            log.exception("%s cannot be stored as %s", outcome.source, outcome.state.value)
+            reason = f"{type(exc).__name__}: {exc}"
+        # Keep the question's failure on record instead, and never retry forever.
+        return self.writer.write_unstorable(outcome, reason)
 
     def _commit(self, consumer: Consumer, done: dict[tuple[str, int], int]) -> None:
         if not done:
