@@ -58,7 +58,7 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
-from services.llm_consumer.offsets import OffsetTracker, Partition
+from services.common.offsets import OffsetTracker, Partition
 from services.llm_consumer.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
