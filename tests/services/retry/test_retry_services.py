@@ -6,6 +6,7 @@ retries wait 0.1 / 0.2 / 0.4 s instead of 1 / 2 / 4 s. The ordering test uses re
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -27,7 +28,16 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.retry.policy import RetryKind
 from services.retry.service import RetryService
-from tests.services.pipeline import produce_models, produce_raw, running, unique_question, watching
+from tests.services.pipeline import (
+    committed_offset,
+    produce_models,
+    produce_raw,
+    records_refused,
+    running,
+    unique_question,
+    wait_until,
+    watching,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -229,3 +239,25 @@ def test_a_retry_after_over_the_cap_holds_no_level_and_ends_with_the_reason(stac
         assert letter.message.reason == f"Retry-After {seconds} s is over the quota cap of 300 s"
         assert [h.stage for h in letter.message.message.hops][-2:] == [Stage.retrying_quota, Stage.failed]
         assert status.current(question.question_id) is Stage.failed
+
+
+def test_a_retry_kafka_refuses_is_not_committed_and_comes_back(stack_settings: QactlSettings) -> None:
+    """A send that fails for good (here: over the delay topic's size limit) was committed after
+    ``flush()`` as if delivered, and the question was lost. Now its error stays uncommitted, the
+    service stops (nothing half-running), and the next start sends it again."""
+    settings = stack_settings
+    question = unique_question("refused")
+    question = question.model_copy(update={"question": f"{question.question} {os.urandom(8192).hex()}"})
+    level_0 = topics.overload_delay_topic(0).name
+    with watching(settings, topics.LLM_OVERLOAD.name, level_0, PENDING) as watch:
+        with records_refused(settings, level_0):
+            with pytest.raises(RuntimeError, match="not delivered"):
+                with retry_service(settings, RetryKind.overload) as stop:
+                    produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(question, ErrorKind.overload)])
+                    wait_until(stop.is_set, 30, "the retry service to stop on the refused send")
+        watch.wait_for(lambda seen: watch.of(question.question_id, topics.LLM_OVERLOAD.name), 10, "the error")
+        (error,) = watch.of(question.question_id, topics.LLM_OVERLOAD.name)
+        assert committed_offset(settings, "retry-overload", error.topic, error.partition) <= error.offset
+        with retry_service(settings, RetryKind.overload):
+            watch.wait_for(lambda seen: watch.of(question.question_id, PENDING), 30, "the retry sent again, then re-queued")
+    assert len(watch.of(question.question_id, level_0)) == 1
