@@ -3,8 +3,10 @@
 It consumes ``validated-responses``, ``low-quality-responses`` and ``questions-dead-letter``
 (group ``persister``). Each message becomes an ``Outcome`` (``records.py``) written in one
 transaction (``writer.py``) guarded by the question's terminal state, so a replay writes nothing
-twice. Offsets are committed only after the database commit; while PostgreSQL is down the loop
-waits and retries with backoff, holding the message, so nothing is lost and ``/health`` says so.
+twice. Offsets are committed only after the database commit, or for a dead letter it forwards
+after Kafka's acknowledgement (a refused one stops the persister, uncommitted); while PostgreSQL
+is down the loop waits and retries with backoff, holding the message, so nothing is lost and
+``/health`` says so.
 
 A message that does not decode goes to the dead letter with the reason, unless it *is* on the
 dead-letter topic: then it is stored as a ``poison`` failure right here, never re-sent (no loop).
@@ -26,12 +28,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
-    flush_or_raise,
     is_real_error,
     make_consumer,
     make_producer,
     send_poison_to_dead_letter,
 )
+from services.common.offsets import Acknowledgements
 from services.common.schemas import DeadLetter, PoisonMessage, ScoredAnswer, decode
 from services.common.settings import QactlSettings
 from services.persister.cache import AnswerCache
@@ -135,24 +137,23 @@ class Persister:
             messages = consumer.consume(BATCH, timeout=0.5)
             if not messages:
                 continue
-            done: dict[tuple[str, int], int] = {}
-            forwarded = False
+            acks = Acknowledgements()
             for msg in messages:
                 if msg.error() is not None:
                     if is_real_error(msg):
                         log.warning("consumer error: %s", msg.error())
                     continue
-                result = self.handle(msg, producer)
-                if result is None:
+                if self.handle(msg, producer, acks) is None:
                     break  # stopping while PostgreSQL is down: this one stays uncommitted
-                forwarded = forwarded or result == "forwarded"
-                done[(msg.topic(), msg.partition())] = msg.offset() + 1
-            if forwarded:
-                flush_or_raise(producer)  # the dead letter is durable before its source is committed
-            self._commit(consumer, done)
+            # A forwarded dead letter is acknowledged by Kafka before its source is committed.
+            self._commit(consumer, acks.settle(producer))
+            acks.raise_if_undelivered()
 
-    def handle(self, msg: Message, producer: Producer) -> str | None:
-        """Persist one message; the result label, or None if stopped before it was written."""
+    def handle(self, msg: Message, producer: Producer, acks: Acknowledgements) -> str | None:
+        """Persist one message; the result label, or None if stopped before it was written.
+
+        The message is finished in ``acks`` once written, or once Kafka acknowledged its dead letter.
+        """
         topic = msg.topic() or ""
         source = f"{topic}[{msg.partition()}]@{msg.offset()}"
         try:
@@ -163,7 +164,7 @@ class Persister:
                 exc = PoisonMessage(f"no outcome can be made of it: {type(exc).__name__}: {exc}")
             POISON.labels(topic).inc()
             if topic != topics.DEAD_LETTER.name:
-                send_poison_to_dead_letter(producer, msg, exc)
+                send_poison_to_dead_letter(producer, msg, exc, on_delivery=acks.awaiting(msg))
                 WRITTEN.labels(topic, "forwarded").inc()
                 return "forwarded"
             log.warning("poison message on the dead-letter topic %s: %s; stored as a poison failure", source, exc)
@@ -171,6 +172,7 @@ class Persister:
         result = self._write(outcome)
         if result is None:
             return None
+        acks.finished(msg)
         WRITTEN.labels(topic, result.kind).inc()
         if result.kind == "written":
             END_TO_END.labels(outcome.state.value).observe(max(0.0, (outcome.terminal_at - outcome.submitted_at).total_seconds()))
@@ -227,10 +229,9 @@ class Persister:
         # Keep the question's failure on record instead, and never retry forever.
         return self.writer.write_unstorable(outcome, reason)
 
-    def _commit(self, consumer: Consumer, done: dict[tuple[str, int], int]) -> None:
-        if not done:
+    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        if not offsets:
             return
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in done.items()]
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
             self.last_commit_at = time.time()
