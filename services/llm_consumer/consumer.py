@@ -40,6 +40,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
 )
+from services.common.offsets import OffsetTracker, Partition
 from services.common.schemas import (
     DeadLetter,
     ErrorInfo,
@@ -58,7 +59,6 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
-from services.common.offsets import OffsetTracker, Partition
 from services.llm_consumer.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
