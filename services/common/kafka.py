@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -72,22 +72,20 @@ def produce(
     message: BaseModel,
     key: str | None = None,
     headers: Mapping[str, str] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
-    """Validate and send; the key is the question id, so a question's messages stay in order."""
+    """Validate and send; the key is the question id, so a question's messages stay in order.
+
+    ``on_delivery`` is called with Kafka's acknowledgement or error (``offsets.Acknowledgements``).
+    """
     producer.produce(
         topic,
         value=encode(message),
         key=(key or getattr(message, "question_id")).encode(),
         headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+        **({"on_delivery": on_delivery} if on_delivery is not None else {}),
     )
     producer.poll(0)
-
-
-def flush_or_raise(producer: Producer, timeout: float = 30.0) -> None:
-    """Block until everything produced is acknowledged; raise if anything is still pending."""
-    remaining = producer.flush(timeout)
-    if remaining:
-        raise RuntimeError(f"{remaining} Kafka message(s) not acknowledged after {timeout:.0f}s")
 
 
 def dead_letter_for_poison(msg: Message, error: PoisonMessage) -> DeadLetter:
@@ -104,10 +102,15 @@ def dead_letter_for_poison(msg: Message, error: PoisonMessage) -> DeadLetter:
     )
 
 
-def send_poison_to_dead_letter(producer: Producer, msg: Message, error: PoisonMessage) -> None:
+def send_poison_to_dead_letter(
+    producer: Producer,
+    msg: Message,
+    error: PoisonMessage,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
     letter = dead_letter_for_poison(msg, error)
     log.warning("poison message on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), error)
-    produce(producer, topics.DEAD_LETTER.name, letter)
+    produce(producer, topics.DEAD_LETTER.name, letter, on_delivery=on_delivery)
 
 
 def is_real_error(msg: Message) -> bool:

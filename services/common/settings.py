@@ -57,6 +57,9 @@ class Policies(BaseModel):
     overload_jitter_fraction: float = 0.1
     quota_delay_seconds: float = 60.0
     quota_max_retries: int = 5
+    # The longest Retry-After each kind waits for (not scaled); beyond it, services/retry/policy.py.
+    overload_max_retry_after_seconds: float = Field(default=20.0, gt=0)
+    quota_max_retry_after_seconds: float = Field(default=300.0, gt=0)
     # The demo profile multiplies every delay by this factor; anything below 1 is announced.
     delay_scale: float = 1.0
 

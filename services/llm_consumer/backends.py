@@ -21,6 +21,8 @@ faults in front of them; Ollama and OpenAI directly (or through the gateway when
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -82,30 +84,41 @@ class LLMCallError(Exception):
 
 
 def parse_retry_after(headers: httpx.Headers | dict[str, str], now: datetime | None = None) -> float | None:
-    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP date) or ``retry-after-ms``."""
+    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP date) or ``retry-after-ms``.
+
+    Always a finite number, however large the server's demand: a value beyond a float (``1e400``,
+    ``inf``) becomes the largest float, since JSON would turn infinity into no Retry-After at all.
+    How long is too long is the retry policy's decision (``services/retry/policy.py``).
+    """
     headers = httpx.Headers(headers)
     value = headers.get("retry-after")
     if value is not None:
         value = value.strip()
         try:
-            return max(0.0, float(value))
+            return _wait_seconds(float(value))
         except ValueError:
             pass
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             when = None
         if when is not None:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
-            return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+            return _wait_seconds((when - (now or datetime.now(timezone.utc))).total_seconds())
     millis = headers.get("retry-after-ms")
     if millis is not None:
         try:
-            return max(0.0, float(millis) / 1000)
+            return _wait_seconds(float(millis) / 1000)
         except ValueError:
             return None
     return None
+
+
+def _wait_seconds(seconds: float) -> float | None:
+    if math.isnan(seconds):
+        raise ValueError("not a number of seconds")
+    return min(max(0.0, seconds), sys.float_info.max)
 
 
 def _error_fields(body: Any) -> tuple[str, set[str]]:

@@ -40,6 +40,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
 )
+from services.common.offsets import OffsetTracker, Partition
 from services.common.schemas import (
     DeadLetter,
     ErrorInfo,
@@ -58,7 +59,6 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
-from services.llm_consumer.offsets import OffsetTracker, Partition
 from services.llm_consumer.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,9 @@ class LLMConsumer:
         self.buffer: deque[Job] = deque()
         self.in_flight = 0
         self.paused = False
+        # Assigned since flow control last applied ``paused``: librdkafka's pause state of a
+        # partition that arrives (or comes back) is not ours to assume.
+        self.unsettled = False
         self.failure: str | None = None
         self.heartbeat = time.monotonic()
         self.assigned: set[Partition] = set()
@@ -245,6 +248,7 @@ class LLMConsumer:
             "in_flight": self.in_flight,
             "buffered": len(self.buffer),
             "assigned": sorted(f"{t}[{p}]" for t, p in self.assigned),
+            "paused": self.paused,
             "seconds_since_poll": round(age, 1),
             "failure": self.failure,
         }
@@ -294,15 +298,25 @@ class LLMConsumer:
         BUFFERED.set(len(self.buffer))
 
     def _flow_control(self, consumer: Consumer) -> None:
-        """Pause fetching while the buffer is full; resume at half, so fetches are not churned."""
+        """Pause fetching while the buffer is full; resume at half, so fetches are not churned.
+
+        The state applies to every assigned partition, those kept through a rebalance and those
+        newly assigned alike: after an assignment it is applied again to all of them.
+        """
         if not self.assigned:
             return
         if not self.paused and len(self.buffer) >= self.prefetch:
-            consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
-            self.paused = True
+            self.paused, self.unsettled = True, True
         elif self.paused and len(self.buffer) <= self.prefetch // 2:
-            consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
-            self.paused = False
+            self.paused, self.unsettled = False, True
+        if not self.unsettled:
+            return
+        partitions = [TopicPartition(t, p) for t, p in self.assigned]
+        if self.paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
+        self.unsettled = False
 
     def _take(self, msg: Message, producer: Producer) -> None:
         if msg.error():
@@ -416,8 +430,9 @@ class LLMConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
-        # New partitions arrive unpaused; flow control pauses everything again if still full.
-        self.paused = False
+        # The kept partitions stay as they were (paused, if the buffer is full): flow control
+        # applies its state to all of them, new ones included, on its next step.
+        self.unsettled = True
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -3,11 +3,16 @@
 It consumes ``validated-responses``, ``low-quality-responses`` and ``questions-dead-letter``
 (group ``persister``). Each message becomes an ``Outcome`` (``records.py``) written in one
 transaction (``writer.py``) guarded by the question's terminal state, so a replay writes nothing
-twice. Offsets are committed only after the database commit; while PostgreSQL is down the loop
-waits and retries with backoff, holding the message, so nothing is lost and ``/health`` says so.
+twice. Offsets are committed only after the database commit, or for a dead letter it forwards
+after Kafka's acknowledgement (a refused one stops the persister, uncommitted); while PostgreSQL
+is down the loop waits and retries with backoff, holding the message, so nothing is lost and
+``/health`` says so.
 
 A message that does not decode goes to the dead letter with the reason, unless it *is* on the
 dead-letter topic: then it is stored as a ``poison`` failure right here, never re-sent (no loop).
+A message that decodes but cannot become an outcome is handled the same way. A write that fails
+for anything but PostgreSQL being down stores the question's failure with the reason instead
+(``Writer.write_unstorable``): one bad message never stops the others.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
-    flush_or_raise,
     is_real_error,
     make_consumer,
     make_producer,
     send_poison_to_dead_letter,
 )
+from services.common.offsets import Acknowledgements
 from services.common.schemas import DeadLetter, PoisonMessage, ScoredAnswer, decode
 from services.common.settings import QactlSettings
 from services.persister.cache import AnswerCache
@@ -132,32 +137,34 @@ class Persister:
             messages = consumer.consume(BATCH, timeout=0.5)
             if not messages:
                 continue
-            done: dict[tuple[str, int], int] = {}
-            forwarded = False
+            acks = Acknowledgements()
             for msg in messages:
                 if msg.error() is not None:
                     if is_real_error(msg):
                         log.warning("consumer error: %s", msg.error())
                     continue
-                result = self.handle(msg, producer)
-                if result is None:
+                if self.handle(msg, producer, acks) is None:
                     break  # stopping while PostgreSQL is down: this one stays uncommitted
-                forwarded = forwarded or result == "forwarded"
-                done[(msg.topic(), msg.partition())] = msg.offset() + 1
-            if forwarded:
-                flush_or_raise(producer)  # the dead letter is durable before its source is committed
-            self._commit(consumer, done)
+            # A forwarded dead letter is acknowledged by Kafka before its source is committed.
+            self._commit(consumer, acks.settle(producer))
+            acks.raise_if_undelivered()
 
-    def handle(self, msg: Message, producer: Producer) -> str | None:
-        """Persist one message; the result label, or None if stopped before it was written."""
+    def handle(self, msg: Message, producer: Producer, acks: Acknowledgements) -> str | None:
+        """Persist one message; the result label, or None if stopped before it was written.
+
+        The message is finished in ``acks`` once written, or once Kafka acknowledged its dead letter.
+        """
         topic = msg.topic() or ""
         source = f"{topic}[{msg.partition()}]@{msg.offset()}"
         try:
             outcome = self._outcome(msg, topic, source)
-        except PoisonMessage as exc:
+        except Exception as exc:  # noqa: BLE001 (undecodable, or no outcome can be made of it)
+            if not isinstance(exc, PoisonMessage):
+                log.exception("%s decodes but is no outcome", source)
+                exc = PoisonMessage(f"no outcome can be made of it: {type(exc).__name__}: {exc}")
             POISON.labels(topic).inc()
             if topic != topics.DEAD_LETTER.name:
-                send_poison_to_dead_letter(producer, msg, exc)
+                send_poison_to_dead_letter(producer, msg, exc, on_delivery=acks.awaiting(msg))
                 WRITTEN.labels(topic, "forwarded").inc()
                 return "forwarded"
             log.warning("poison message on the dead-letter topic %s: %s; stored as a poison failure", source, exc)
@@ -165,6 +172,7 @@ class Persister:
         result = self._write(outcome)
         if result is None:
             return None
+        acks.finished(msg)
         WRITTEN.labels(topic, result.kind).inc()
         if result.kind == "written":
             END_TO_END.labels(outcome.state.value).observe(max(0.0, (outcome.terminal_at - outcome.submitted_at).total_seconds()))
@@ -189,7 +197,7 @@ class Persister:
         while True:
             started = time.perf_counter()
             try:
-                result = self.writer.write(outcome)
+                result = self._write_or_record_failure(outcome)
             except DatabaseDown as exc:
                 DB_UP.set(0)
                 if self.waiting_since is None:
@@ -199,11 +207,6 @@ class Persister:
                     return None
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            except Unstorable as exc:
-                # The data itself cannot be stored (not a transient failure): keep the question's
-                # failure on record instead, and never retry forever.
-                log.error("%s cannot be stored as %s: %s", outcome.source, outcome.state.value, exc)
-                result = self.writer.write_unstorable(outcome, str(exc))
             DB_UP.set(1)
             WRITE_SECONDS.observe(time.perf_counter() - started)
             if self.waiting_since is not None:
@@ -211,10 +214,24 @@ class Persister:
                 self.waiting_since = None
             return result
 
-    def _commit(self, consumer: Consumer, done: dict[tuple[str, int], int]) -> None:
-        if not done:
+    def _write_or_record_failure(self, outcome: Outcome) -> WriteResult:
+        """Write; if this outcome cannot be stored (not a transient failure), its failure instead."""
+        try:
+            return self.writer.write(outcome)
+        except DatabaseDown:
+            raise
+        except Unstorable as exc:
+            log.error("%s cannot be stored as %s: %s", outcome.source, outcome.state.value, exc)
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 (an unexpected error of one message must not stop the others)
+            log.exception("%s cannot be stored as %s", outcome.source, outcome.state.value)
+            reason = f"{type(exc).__name__}: {exc}"
+        # Keep the question's failure on record instead, and never retry forever.
+        return self.writer.write_unstorable(outcome, reason)
+
+    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        if not offsets:
             return
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in done.items()]
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
             self.last_commit_at = time.time()

@@ -4,6 +4,10 @@ The guard is the ``questions`` row: the transaction first sets the question's te
 if, and only if, it has none yet (inserting the row when the question never went through the
 API). When that changes nothing, the message is a replay or a second outcome: nothing else is
 written, and the stored outcome is read back so that the cache still gets the stored answer.
+
+PostgreSQL's text and jsonb cannot hold NUL (U+0000), and psycopg2 refuses it with a plain
+``ValueError``: every string written, inside the JSON columns too, goes without it (``_without_nul``).
+The llm-consumer already removes it from answers, but a message can come from anywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -170,12 +175,15 @@ class Writer:
         )
         try:
             return self.write(failed)
-        except Unstorable as exc:
+        except DatabaseDown:
+            raise  # the caller waits for PostgreSQL and tries the outcome again
+        except Exception as exc:  # noqa: BLE001 (one message must not stop the others)
             log.error("dropping %s: even its failure record cannot be stored: %s", outcome.source, exc)
             return WriteResult("unstorable")
 
     def _write(self, cur: psycopg2.extensions.cursor, outcome: Outcome) -> WriteResult:
-        cur.execute(
+        _execute(
+            cur,
             CLAIM_TERMINAL,
             {
                 "question_id": outcome.question_id,
@@ -195,17 +203,19 @@ class Writer:
         if outcome.scores:
             cur.executemany(
                 INSERT_SCORE,
-                [(outcome.question_id, s.attempt, s.score, s.answer, s.scored_at) for s in outcome.scores],
+                _without_nul([(outcome.question_id, s.attempt, s.score, s.answer, s.scored_at) for s in outcome.scores]),
             )
         if outcome.timings:
             psycopg2.extras.execute_values(
                 cur, INSERT_TIMING,
-                [(outcome.question_id, t.stage, t.attempt, t.started_at, t.ended_at, t.duration_ms) for t in outcome.timings],
+                _without_nul(
+                    [(outcome.question_id, t.stage, t.attempt, t.started_at, t.ended_at, t.duration_ms) for t in outcome.timings]
+                ),
             )
         return WriteResult("written", outcome.state.value, outcome.cache_entry())
 
     def _already_terminal(self, cur: psycopg2.extensions.cursor, outcome: Outcome) -> WriteResult:
-        cur.execute(STORED_ANSWER, (outcome.question_id,))
+        _execute(cur, STORED_ANSWER, (outcome.question_id,))
         row = cur.fetchone()
         stored_state = row[0] if row else None
         kind = "duplicate" if stored_state == outcome.state.value else "conflict"
@@ -221,7 +231,8 @@ class Writer:
     def _insert_response(self, cur: psycopg2.extensions.cursor, outcome: Outcome) -> None:
         answer = outcome.answer
         assert answer is not None
-        cur.execute(
+        _execute(
+            cur,
             INSERT_RESPONSE,
             {
                 "question_id": outcome.question_id,
@@ -247,7 +258,8 @@ class Writer:
         letter = outcome.failure
         assert letter is not None
         carried = letter.message
-        cur.execute(
+        _execute(
+            cur,
             INSERT_FAILURE,
             {
                 "question_id": outcome.question_id,
@@ -261,7 +273,7 @@ class Writer:
                 "retries_overload": carried.retries.overload if carried is not None else 0,
                 "retries_quota": carried.retries.quota if carried is not None else 0,
                 "raw": letter.raw,
-                "last_message": carried.model_dump_json() if carried is not None else None,
+                "last_message": _json(json.loads(carried.model_dump_json())) if carried is not None else None,
                 "hops": _hops_json(outcome),
                 "submitted_at": outcome.submitted_at,
                 "failed_at": outcome.terminal_at,
@@ -274,4 +286,24 @@ class Writer:
 
 
 def _hops_json(outcome: Outcome) -> str:
-    return json.dumps([h.model_dump(mode="json", exclude_none=True) for h in outcome.hops])
+    return _json([h.model_dump(mode="json", exclude_none=True) for h in outcome.hops])
+
+
+def _json(value: Any) -> str:
+    """JSON for a jsonb column, which refuses ``\\u0000`` as PostgreSQL's text refuses NUL."""
+    return json.dumps(_without_nul(value))
+
+
+def _execute(cur: psycopg2.extensions.cursor, query: str, params: Any) -> None:
+    cur.execute(query, _without_nul(params))
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with NUL removed from every string in it (dicts, lists and tuples followed)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_nul(item) for item in value)
+    return value

@@ -3,8 +3,9 @@
 Two consumers per process, each in its own thread:
 
 - the *error loop* reads the kind's error topic, decides (``policy.decide``) and produces either
-  a ``DelayedRetry`` to the delay topic of that retry level or a ``DeadLetter`` when retries are
-  used up; it commits only after Kafka acknowledged what it produced.
+  a ``DelayedRetry`` to the delay topic of that retry level, the error to the next kind's error
+  topic (a Retry-After over the cap), or a ``DeadLetter`` when retries are used up; it commits
+  only what Kafka acknowledged (a delivery report without error).
 - the *delay loop* reads the delay topics. When the head of a partition is not due yet, it pauses
   that partition and seeks back to the head, so nothing waits in memory and the other partitions
   (other levels) keep flowing; when due, it resumes the partition, re-reads the head, produces a
@@ -12,6 +13,8 @@ Two consumers per process, each in its own thread:
 
 A crash anywhere loses nothing: every offset is committed after its successor message is
 durable, so at worst a retry is re-queued twice (the persister writes terminal states once).
+A send that Kafka refuses for good leaves its source uncommitted and stops the process
+(``offsets.NotDelivered``): the next start consumes it and sends it again.
 """
 
 from __future__ import annotations
@@ -24,19 +27,19 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
     consume_batch,
     dead_letter_for_poison,
-    flush_or_raise,
     is_real_error,
     make_consumer,
     make_producer,
     produce,
 )
+from services.common.offsets import Acknowledgements
 from services.common.schemas import (
     DeadLetter,
     DelayedRetry,
@@ -51,7 +54,7 @@ from services.common.schemas import (
 )
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
-from services.retry.policy import GiveUp, KindSpec, RetryKind, Schedule, decide
+from services.retry.policy import KINDS, GiveUp, KindSpec, Reroute, RetryKind, Schedule, decide
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,9 @@ BATCH = 100
 SCHEDULED = Counter("qactl_retry_scheduled_total", "Retries put on a delay topic", ["kind"])
 REQUEUED = Counter("qactl_retry_requeued_total", "Retries sent back to questions-pending", ["kind"])
 EXHAUSTED = Counter("qactl_retry_exhausted_total", "Questions dead-lettered with retries used up", ["kind"])
+REROUTED = Counter(
+    "qactl_retry_rerouted_total", "Failed calls sent on to another kind's path (Retry-After over the cap)", ["kind"]
+)
 POISON = Counter("qactl_retry_poison_total", "Undecodable messages sent to the dead letter", ["topic"])
 DELAY = Histogram(
     "qactl_retry_delay_seconds",
@@ -74,6 +80,9 @@ LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 PAUSED = Gauge("qactl_retry_paused_partitions", "Delay partitions waiting for their head to be due", ["kind"])
+
+
+Delivered = Callable[[KafkaError | None, Message], None]  # a delivery callback (``Acknowledgements.awaiting``)
 
 
 def _epoch(moment: datetime) -> float:
@@ -94,8 +103,6 @@ class RetryService:
         rng: random.Random | None = None,
         client_suffix: str = "",
     ) -> None:
-        from services.retry.policy import KINDS
-
         self.settings = settings
         self.policies = settings.policies
         self.spec: KindSpec = KINDS[kind]
@@ -160,31 +167,34 @@ class RetryService:
             while not self.stop.is_set():
                 self.heartbeats["error"] = time.monotonic()
                 batch = consume_batch(consumer, BATCH, 0.5)
-                done: dict[tuple[str, int], int] = {}
+                acks = Acknowledgements()
                 for msg in batch:
                     if msg.error():
                         if is_real_error(msg):
                             log.warning("consumer error on %s: %s", self.spec.error_topic, msg.error())
                         continue
-                    self._handle_error(producer, msg)
-                    done[(msg.topic(), msg.partition())] = msg.offset()
-                _commit_after_ack(consumer, producer, done)
+                    self._handle_error(producer, msg, acks.awaiting(msg))
+                _commit_after_ack(consumer, producer, acks)
         finally:
             consumer.close()
 
-    def _handle_error(self, producer: Producer, msg: Message) -> None:
+    def _handle_error(self, producer: Producer, msg: Message, delivered: Delivered) -> None:
+        """Produce the one message the decision calls for; ``delivered`` is its delivery callback."""
         try:
             failed = decode(LLMError, msg.value())
         except PoisonMessage as exc:
             POISON.labels(msg.topic()).inc()
             log.warning("poison on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc))
+            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc), on_delivery=delivered)
             return
         retry_count = getattr(failed.retries, self.spec.kind.value)
         decision = decide(self.spec, retry_count, failed.error, self.policies, self.rng)
         now = utcnow()
         if isinstance(decision, GiveUp):
-            self._give_up(producer, failed, decision, now)
+            self._give_up(producer, failed, decision, now, delivered)
+            return
+        if isinstance(decision, Reroute):
+            self._reroute(producer, failed, decision, now, delivered)
             return
         assert isinstance(decision, Schedule)
         limit = self.spec.max_retries(self.policies)
@@ -206,12 +216,31 @@ class RetryService:
             due_at=decision.due_at,
             delay_seconds=decision.delay_seconds,
         )
-        produce(producer, decision.topic, waiting)
+        produce(producer, decision.topic, waiting, on_delivery=delivered)
         SCHEDULED.labels(self.spec.kind.value).inc()
         DELAY.labels(self.spec.kind.value).observe(decision.delay_seconds)
         self._record(failed.question_id, hop)
 
-    def _give_up(self, producer: Producer, failed: LLMError, decision: GiveUp, now: datetime) -> None:
+    def _reroute(
+        self, producer: Producer, failed: LLMError, decision: Reroute, now: datetime, delivered: Delivered
+    ) -> None:
+        target = KINDS[decision.kind]
+        hop = Hop(
+            stage=target.stage,
+            topic=target.error_topic,
+            at=now,
+            attempt=failed.attempt,
+            error=failed.error,
+            note=decision.reason,
+        )
+        log.info("%s -> %s: %s", failed.question_id, target.error_topic, decision.reason)
+        produce(producer, target.error_topic, failed.advance(hop, LLMError), on_delivery=delivered)
+        REROUTED.labels(self.spec.kind.value).inc()
+        self._record(failed.question_id, hop)
+
+    def _give_up(
+        self, producer: Producer, failed: LLMError, decision: GiveUp, now: datetime, delivered: Delivered
+    ) -> None:
         last = failed.error
         error = ErrorInfo(
             kind=ErrorKind.exhausted,
@@ -234,7 +263,7 @@ class RetryService:
             message=failed.advance(hop, last_error=last),
             failed_at=now,
         )
-        produce(producer, topics.DEAD_LETTER.name, letter)
+        produce(producer, topics.DEAD_LETTER.name, letter, on_delivery=delivered)
         EXHAUSTED.labels(self.spec.kind.value).inc()
         self._record(failed.question_id, hop)
 
@@ -260,7 +289,7 @@ class RetryService:
                 self.heartbeats["delay"] = time.monotonic()
                 self._resume_due(consumer)
                 batch = consume_batch(consumer, BATCH, self._poll_timeout())
-                done: dict[tuple[str, int], int] = {}
+                acks = Acknowledgements()
                 for msg in batch:
                     if msg.error():
                         if is_real_error(msg):
@@ -269,10 +298,9 @@ class RetryService:
                     partition = (msg.topic(), msg.partition())
                     if partition in self.paused:
                         continue  # fetched before the pause; the seek brings it back when due
-                    if self._handle_delayed(consumer, producer, msg):
-                        done[partition] = msg.offset()
+                    self._handle_delayed(consumer, producer, msg, acks)
                 PAUSED.labels(self.spec.kind.value).set(len(self.paused))
-                _commit_after_ack(consumer, producer, done)
+                _commit_after_ack(consumer, producer, acks)
         finally:
             consumer.close()
 
@@ -296,15 +324,15 @@ class RetryService:
                 # a lost one would skip the head and every message fetched behind it.
                 consumer.seek(TopicPartition(partition[0], partition[1], head))
 
-    def _handle_delayed(self, consumer: Consumer, producer: Producer, msg: Message) -> bool:
-        """Re-queue a due retry (True), or pause its partition until the head is due (False)."""
+    def _handle_delayed(self, consumer: Consumer, producer: Producer, msg: Message, acks: Acknowledgements) -> None:
+        """Re-queue a due retry, or pause its partition until the head is due (then it awaits nothing)."""
         try:
             waiting = decode(DelayedRetry, msg.value())
         except PoisonMessage as exc:
             POISON.labels(msg.topic()).inc()
             log.warning("poison on %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc))
-            return True
+            produce(producer, topics.DEAD_LETTER.name, dead_letter_for_poison(msg, exc), on_delivery=acks.awaiting(msg))
+            return
         due = _epoch(waiting.due_at)
         if due > time.time():
             tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
@@ -314,11 +342,10 @@ class RetryService:
             consumer.seek(tp)
             self.paused[(msg.topic(), msg.partition())] = due
             self.paused_heads[(msg.topic(), msg.partition())] = msg.offset()
-            return False
-        self._requeue(producer, waiting)
-        return True
+            return
+        self._requeue(producer, waiting, acks.awaiting(msg))
 
-    def _requeue(self, producer: Producer, waiting: DelayedRetry) -> None:
+    def _requeue(self, producer: Producer, waiting: DelayedRetry, delivered: Delivered) -> None:
         now = utcnow()
         kind = self.spec.kind.value
         waited = (now - waiting.due_at).total_seconds() + waiting.delay_seconds
@@ -333,18 +360,16 @@ class RetryService:
             delay_seconds=round(waited, 3),
             note=f"{kind} retry {retries.model_dump()[kind]}/{limit} after {waited:.2f} s",
         )
-        produce(producer, topics.QUESTIONS_PENDING.name, waiting.advance(hop, retries=retries))
+        produce(producer, topics.QUESTIONS_PENDING.name, waiting.advance(hop, retries=retries), on_delivery=delivered)
         REQUEUED.labels(kind).inc()
         LATENESS.labels(kind).observe(max(0.0, (now - waiting.due_at).total_seconds()))
         self._record(waiting.question_id, hop)
 
 
-def _commit_after_ack(consumer: Consumer, producer: Producer, done: dict[tuple[str, int], int]) -> None:
-    """Commit ``offset + 1`` per partition once everything produced for those messages is acked."""
-    if not done:
-        return
-    flush_or_raise(producer)
-    consumer.commit(
-        offsets=[TopicPartition(topic, part, offset + 1) for (topic, part), offset in done.items()],
-        asynchronous=False,
-    )
+def _commit_after_ack(consumer: Consumer, producer: Producer, acks: Acknowledgements) -> None:
+    """Commit, per partition, up to the first message whose successor Kafka did not acknowledge;
+    then stop if a send failed."""
+    offsets = acks.settle(producer)
+    if offsets:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    acks.raise_if_undelivered()

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from pydantic import BaseModel
 
 from qactl.client import kafka_admin
@@ -34,10 +35,13 @@ def unique_question(label: str = "question") -> QuestionMessage:
     return QuestionMessage(question_id=question_id_for(text), question=text)
 
 
-def produce_raw(settings: QactlSettings, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+def produce_raw(settings: QactlSettings, topic: str, value: bytes | None, key: bytes | None = None) -> tuple[int, int]:
+    """Send bytes as they are; the (partition, offset) they were written at."""
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
-    producer.produce(topic, value=value, key=key)
+    written: list[tuple[int, int]] = []
+    producer.produce(topic, value=value, key=key, on_delivery=lambda err, msg: written.append((msg.partition(), msg.offset())))
     assert producer.flush(15) == 0
+    return written[0]
 
 
 def produce_models(settings: QactlSettings, topic: str, messages: list[BaseModel]) -> None:
@@ -125,6 +129,41 @@ def watching(settings: QactlSettings, *topics: str) -> Iterator[TopicWatch]:
         yield watch
     finally:
         watch.close()
+
+
+def committed_offset(settings: QactlSettings, group: str, topic: str, partition: int) -> int:
+    """The group's committed position on one partition (negative when it has none)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        (position,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return position.offset
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def records_refused(settings: QactlSettings, topic: str, over_bytes: int = 1024) -> Iterator[None]:
+    """For the block the broker refuses records over ``over_bytes`` on ``topic`` (its
+    ``max.message.bytes``): a send there fails for good, with an error in its delivery report."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+
+    def alter(operation: AlterConfigOpType, value: str | None) -> None:
+        entry = ConfigEntry("max.message.bytes", value, incremental_operation=operation)
+        resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(15)
+
+    def limit() -> str:
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        (described,) = admin.describe_configs([resource]).values()
+        return described.result(15)["max.message.bytes"].value
+
+    alter(AlterConfigOpType.SET, str(over_bytes))
+    try:
+        wait_until(lambda: limit() == str(over_bytes), 15, f"max.message.bytes of {topic}")
+        yield
+    finally:
+        alter(AlterConfigOpType.DELETE, None)
 
 
 @contextmanager

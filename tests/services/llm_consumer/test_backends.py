@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -12,7 +13,7 @@ from pydantic import SecretStr
 
 from services.common.knowledge_base import default_knowledge_base
 from services.common.prompts import build_prompt
-from services.common.schemas import ErrorInfo, ErrorKind
+from services.common.schemas import ErrorInfo, ErrorKind, LLMError, decode, encode
 from services.common.settings import load_settings
 from services.llm_consumer.backends import (
     LLMBackend,
@@ -172,6 +173,21 @@ async def test_retry_after_as_an_http_date() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("1e12", 1e12), ("1e400", sys.float_info.max), ("9" * 400, sys.float_info.max)],
+    ids=["1e12", "1e400", "400-digits"],
+)
+async def test_a_huge_retry_after_stays_a_number_on_its_way_to_the_retry_service(header: str, expected: float) -> None:
+    """Infinity would become JSON null: the retry service would see no Retry-After at all."""
+    with scripted_server(Script(status=503, body={"error": "busy"}, headers={"Retry-After": header})) as url:
+        info = await failure(OllamaBackend(url, "m", 5.0))
+    assert info.retry_after_seconds == expected
+    failed = LLMError(question_id="q-huge-retry-after", question="Why wait?", error=info)
+    assert decode(LLMError, encode(failed)).error.retry_after_seconds == expected
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("body", [b"not json", {"unexpected": True}, {"error": "model is loading"}])
 async def test_a_200_without_an_answer_is_overload(body: Any) -> None:
     with scripted_server(Script(status=200, body=body)) as url:
@@ -187,6 +203,7 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}, now=now) == 0.0
     assert parse_retry_after({"Retry-After": "-3"}) == 0.0
     assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({"Retry-After": "nan"}) is None
     assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
     assert parse_retry_after({}) is None
 

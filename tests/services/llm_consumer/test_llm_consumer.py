@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -23,7 +25,15 @@ from services.llm_consumer.backends import LLMResult, SimulatedBackend
 from services.llm_consumer.consumer import LLMConsumer
 from services.retry.policy import RetryKind
 from services.retry.service import RetryService
-from tests.services.pipeline import Gateway, produce_models, produce_raw, running, unique_question, watching
+from tests.services.pipeline import (
+    Gateway,
+    produce_models,
+    produce_raw,
+    running,
+    unique_question,
+    wait_until,
+    watching,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -257,3 +267,98 @@ def test_overload_retries_used_up_end_in_the_dead_letter(stack_settings: QactlSe
     assert letter.message.error.kind is ErrorKind.exhausted and letter.message.error.status_code == 503
     assert letter.message.message.retries.overload == 3
     assert StatusTracker(settings).current(question.question_id) is Stage.failed
+
+
+# --- flow control through a rebalance ---
+
+
+def group_from_now(settings: QactlSettings, group: str) -> None:
+    """A new consumer group whose committed offsets are the log end: it reads only what comes next."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from qactl.client import kafka_admin
+
+    ends = kafka_admin.end_offsets(settings.kafka.bootstrap, PENDING)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(PENDING, p, o) for p, o in ends.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def produce_to(settings: QactlSettings, partition: int, label: str, count: int = 1) -> list[str]:
+    """``count`` new questions on one partition of questions-pending; their ids."""
+    from confluent_kafka import Producer
+
+    from services.common.schemas import encode
+
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    ids = []
+    for i in range(count):
+        question = unique_question(f"{label}-p{partition}-{i}")
+        producer.produce(PENDING, value=encode(question), key=question.question_id.encode(), partition=partition)
+        ids.append(question.question_id)
+    assert producer.flush(15) == 0
+    return ids
+
+
+@contextmanager
+def replica(settings: QactlSettings, generate: Callable, group: str, number: int) -> Iterator[LLMConsumer]:
+    made: list[LLMConsumer] = []
+
+    def run(stop: threading.Event) -> None:
+        made.append(
+            LLMConsumer(settings, generate, "scripted", stop, build_prompt, replica=number, drain_seconds=1.0, group_id=group)
+        )
+        made[0].run()
+
+    with running(run, f"llm-consumer-{number}"):
+        wait_until(lambda: made, 10, f"replica {number}")
+        yield made[0]
+
+
+def test_partitions_kept_through_a_rebalance_during_backpressure_consume_again(stack_settings: QactlSettings) -> None:
+    """The first replica is saturated and paused when a second one joins the group: every
+    partition it keeps must be resumed once its buffer drains, not stay paused for good."""
+    settings = stack_settings.model_copy(update={"llm": stack_settings.llm.model_copy(update={"concurrency": 3})})
+    group = f"llm-consumer-rebalance-{uuid.uuid4().hex[:8]}"
+    group_from_now(settings, group)
+    release = threading.Event()
+    everything = set(range(topics.QUESTIONS_PENDING.partitions))
+
+    def held_llm(prompt: str, attempt: int) -> str:
+        release.wait(60)
+        return "held, then answered"
+
+    def quick_llm(prompt: str, attempt: int) -> str:
+        return "answered at once"
+
+    ids: list[str] = []
+    with watching(settings, SUCCESS) as watch:
+        try:
+            with replica(settings, held_llm, group, 1) as first:
+                wait_until(lambda: {p for _, p in first.assigned} == everything, 30, "the first replica's partitions")
+                ids += produce_to(settings, 0, "in-flight", count=3)
+                wait_until(lambda: first.in_flight == 3 and not first.buffer, 30, "three calls held")
+                for partition in sorted(everything):  # one buffered question on every partition
+                    ids += produce_to(settings, partition, "buffered")
+                wait_until(lambda: first.paused and len(first.buffer) == 3, 30, "backpressure")
+                assert {job.partition[1] for job in first.buffer} == everything
+                for partition in sorted(everything):  # behind the pause
+                    ids += produce_to(settings, partition, "waiting", count=2)
+                with replica(settings, quick_llm, group, 2) as second:
+                    wait_until(lambda: second.assigned and len(first.assigned) + len(second.assigned) == len(everything),
+                               30, "the rebalance")
+                    kept = {p for _, p in first.assigned}
+                    assert kept and kept != everything
+                    release.set()
+                    watch.wait_for(lambda seen: set(ids) <= {s.message.question_id for s in seen}, 30,
+                                   "every question answered, those of the kept partitions too")
+                    after = [qid for partition in sorted(kept) for qid in produce_to(settings, partition, "after")]
+                    watch.wait_for(lambda seen: set(after) <= {s.message.question_id for s in seen}, 30,
+                                   "new questions on every kept partition answered")
+                    assert not first.paused and first.health()["ok"]
+        finally:
+            release.set()
+    answered_by_first = {s.message.question_id for s in watch.seen if s.message.answer == "held, then answered"}
+    assert set(after) <= answered_by_first

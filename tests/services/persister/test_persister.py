@@ -210,6 +210,40 @@ def test_poison_is_dead_lettered_or_stored_and_the_persister_goes_on(
     assert health(persister).json()["ok"] is True
 
 
+def test_a_nul_byte_or_a_message_that_is_no_outcome_stops_nothing(
+    storage_settings: QactlSettings, persister: ProcessSpec
+) -> None:
+    """psycopg2 refuses NUL with a ValueError, and mixed naive and aware times cannot be ordered:
+    each once made the persister exit and replay the same message forever."""
+    _, answer = scored(llm_answer("nul"), 0.9, storage_settings)
+    with_nul = answer.model_copy(update={
+        "question": "what is \x00 NUL?", "answer": "NUL\x00 is U+0000\x00",
+        "hops": [*answer.hops[:-1], answer.hops[-1].model_copy(update={"note": "noted\x00"})],
+    })
+    _, naive = scored(llm_answer("naive times"), 0.9, storage_settings)
+    mixed = naive.model_dump_json().replace(naive.submitted_at.isoformat().replace("+00:00", "Z"),
+                                            naive.submitted_at.replace(tzinfo=None).isoformat())
+    assert mixed != naive.model_dump_json()
+    produce_models(storage_settings, topics.VALIDATED.name, [with_nul])
+    produce_raw(storage_settings, topics.VALIDATED.name, mixed.encode(), naive.question_id.encode())
+
+    wait_until(lambda: state_of(storage_settings, with_nul.question_id) == "validated", 30, "the answer stored without NUL")
+    question, stored, note = query(
+        storage_settings, "SELECT question, answer, hops -> -1 ->> 'note' FROM responses WHERE question_id = %s",
+        with_nul.question_id,
+    )[0]
+    assert (question, stored, note) == ("what is  NUL?", "NUL is U+0000", "noted")
+    wait_until(lambda: state_of(storage_settings, naive.question_id) == "failed", 30, "the unusable message stored as failed")
+    kind, reason = query(storage_settings, "SELECT error_kind, reason FROM failed_questions WHERE question_id = %s",
+                         naive.question_id)[0]
+    assert kind == "poison" and "no outcome can be made of it: TypeError" in reason
+
+    _, after = scored(llm_answer("after NUL"), 0.95, storage_settings)
+    produce_models(storage_settings, topics.VALIDATED.name, [after])
+    wait_until(lambda: state_of(storage_settings, after.question_id) == "validated", 30, "the next message")
+    assert health(persister).json()["ok"] is True
+
+
 def test_postgres_stopped_and_restarted_mid_stream_loses_nothing(
     storage_settings: QactlSettings, persister: ProcessSpec
 ) -> None:

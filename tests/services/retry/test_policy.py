@@ -7,7 +7,7 @@ import pytest
 
 from services.common.schemas import ErrorInfo, ErrorKind
 from services.common.settings import Policies
-from services.retry.policy import KINDS, GiveUp, RetryKind, Schedule, decide
+from services.retry.policy import KINDS, GiveUp, Reroute, RetryKind, Schedule, decide
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 OVERLOAD = KINDS[RetryKind.overload]
@@ -59,3 +59,37 @@ def test_one_delay_topic_per_overload_level() -> None:
         "retry-overload-delay-3",
     ]
     assert QUOTA.delay_topics(Policies()) == ["retry-quota-delay"]
+
+
+@pytest.mark.parametrize("retry_after", [3600.0, 1e12, 1.7976931348623157e308])
+def test_a_retry_after_over_the_overload_cap_takes_the_quota_path(retry_after: float) -> None:
+    """An hour would hold every later retry of the level behind it; 1e12 s overflowed the due time."""
+    error = ErrorInfo(kind=ErrorKind.overload, status_code=503, retry_after_seconds=retry_after)
+    decision = decide(OVERLOAD, 0, error, Policies(), random.Random(0), NOW)
+    assert isinstance(decision, Reroute) and decision.kind is RetryKind.quota
+    assert decision.reason == (
+        f"Retry-After {retry_after:g} s is over the overload cap of 20 s: the question takes the quota path"
+    )
+
+
+@pytest.mark.parametrize("retry_after", [3600.0, 1e12])
+def test_a_retry_after_over_the_quota_cap_goes_to_the_dead_letter(retry_after: float) -> None:
+    error = ErrorInfo(kind=ErrorKind.quota, status_code=429, retry_after_seconds=retry_after)
+    decision = decide(QUOTA, 0, error, Policies(), random.Random(0), NOW)
+    assert decision == GiveUp(f"Retry-After {retry_after:g} s is over the quota cap of 300 s")
+
+
+def test_a_retry_after_up_to_the_cap_is_honoured_and_the_caps_are_policies() -> None:
+    policies = Policies(overload_max_retry_after_seconds=90, quota_max_retry_after_seconds=600)
+    at_cap = ErrorInfo(kind=ErrorKind.overload, status_code=429, retry_after_seconds=90)
+    overload = decide(OVERLOAD, 0, at_cap, policies, random.Random(0), NOW)
+    assert isinstance(overload, Schedule) and overload.delay_seconds == 90
+    quota = decide(QUOTA, 0, at_cap.model_copy(update={"retry_after_seconds": 600}), policies, random.Random(0), NOW)
+    assert isinstance(quota, Schedule) and quota.delay_seconds == 600
+    assert isinstance(decide(OVERLOAD, 0, at_cap.model_copy(update={"retry_after_seconds": 90.5}), policies,
+                             random.Random(0), NOW), Reroute)
+
+
+def test_retries_used_up_win_over_a_long_retry_after() -> None:
+    error = ErrorInfo(kind=ErrorKind.overload, status_code=503, retry_after_seconds=1e12)
+    assert decide(OVERLOAD, 3, error, Policies(), random.Random(0), NOW) == GiveUp("overload retries exhausted (3)")

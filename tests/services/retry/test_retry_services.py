@@ -6,6 +6,7 @@ retries wait 0.1 / 0.2 / 0.4 s instead of 1 / 2 / 4 s. The ordering test uses re
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -27,7 +28,16 @@ from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
 from services.retry.policy import RetryKind
 from services.retry.service import RetryService
-from tests.services.pipeline import produce_models, produce_raw, running, unique_question, watching
+from tests.services.pipeline import (
+    committed_offset,
+    produce_models,
+    produce_raw,
+    records_refused,
+    running,
+    unique_question,
+    wait_until,
+    watching,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -194,3 +204,60 @@ def test_poison_on_every_topic_a_retry_service_reads_goes_to_the_dead_letter(
     for seen in watch.seen:
         if seen.topic == DEAD and seen.message.question_id.startswith("poison-"):
             assert seen.message.raw  # the undecodable bytes are kept (base64)
+
+
+def test_a_retry_after_over_the_cap_holds_no_level_and_ends_with_the_reason(stack_settings: QactlSettings) -> None:
+    """Retry-After of an hour and of 1e12 s: over the overload cap (20 s) the question takes the
+    quota path, over the quota cap (300 s) the dead letter; a retry due now on the same level
+    is not held behind them, and the service keeps going."""
+    settings = stack_settings
+    hour, forever, due_now = unique_question("retry-after-hour"), unique_question("retry-after-1e12"), unique_question("due-now")
+    level_0 = topics.overload_delay_topic(0).name
+    with watching(settings, PENDING, level_0, topics.LLM_QUOTA.name, DEAD) as watch:
+        with retry_service(settings, RetryKind.overload), retry_service(settings, RetryKind.quota):
+            produce_models(settings, topics.LLM_OVERLOAD.name, [
+                failed_call(hour, ErrorKind.overload, retry_after_seconds=3600),
+                failed_call(forever, ErrorKind.overload, retry_after_seconds=1e12),
+            ])
+            produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(due_now, ErrorKind.overload)])
+            watch.wait_for(
+                lambda seen: watch.of(due_now.question_id, PENDING)
+                and watch.of(hour.question_id, DEAD) and watch.of(forever.question_id, DEAD),
+                30,
+                "the retry due now re-queued and both long Retry-Afters dead-lettered",
+            )
+    assert watch.of(due_now.question_id, level_0)  # the same level the hour would have waited on
+    status = StatusTracker(settings)
+    for question, seconds in ((hour, "3600"), (forever, "1e+12")):
+        assert not watch.of(question.question_id, level_0) and not watch.of(question.question_id, PENDING)
+        (moved,) = watch.of(question.question_id, topics.LLM_QUOTA.name)
+        assert moved.message.hops[-1].stage is Stage.retrying_quota
+        assert moved.message.hops[-1].note == (
+            f"Retry-After {seconds} s is over the overload cap of 20 s: the question takes the quota path"
+        )
+        (letter,) = watch.of(question.question_id, DEAD)
+        assert letter.message.reason == f"Retry-After {seconds} s is over the quota cap of 300 s"
+        assert [h.stage for h in letter.message.message.hops][-2:] == [Stage.retrying_quota, Stage.failed]
+        assert status.current(question.question_id) is Stage.failed
+
+
+def test_a_retry_kafka_refuses_is_not_committed_and_comes_back(stack_settings: QactlSettings) -> None:
+    """A send that fails for good (here: over the delay topic's size limit) was committed after
+    ``flush()`` as if delivered, and the question was lost. Now its error stays uncommitted, the
+    service stops (nothing half-running), and the next start sends it again."""
+    settings = stack_settings
+    question = unique_question("refused")
+    question = question.model_copy(update={"question": f"{question.question} {os.urandom(8192).hex()}"})
+    level_0 = topics.overload_delay_topic(0).name
+    with watching(settings, topics.LLM_OVERLOAD.name, level_0, PENDING) as watch:
+        with records_refused(settings, level_0):
+            with pytest.raises(RuntimeError, match="not delivered"):
+                with retry_service(settings, RetryKind.overload) as stop:
+                    produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(question, ErrorKind.overload)])
+                    wait_until(stop.is_set, 30, "the retry service to stop on the refused send")
+        watch.wait_for(lambda seen: watch.of(question.question_id, topics.LLM_OVERLOAD.name), 10, "the error")
+        (error,) = watch.of(question.question_id, topics.LLM_OVERLOAD.name)
+        assert committed_offset(settings, "retry-overload", error.topic, error.partition) <= error.offset
+        with retry_service(settings, RetryKind.overload):
+            watch.wait_for(lambda seen: watch.of(question.question_id, PENDING), 30, "the retry sent again, then re-queued")
+    assert len(watch.of(question.question_id, level_0)) == 1

@@ -1,6 +1,6 @@
 """Commit positions when LLM calls finish out of order."""
 
-from services.llm_consumer.offsets import OffsetTracker
+from services.common.offsets import OffsetTracker
 
 P = ("questions-pending", 0)
 Q = ("questions-pending", 1)

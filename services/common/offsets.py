@@ -4,12 +4,18 @@ Kafka commits a single position per partition: "everything below this is done". 
 LLM calls in flight, a later message can finish before an earlier one; committing its offset
 would silently drop the earlier one if the process died. The tracker therefore commits, per
 partition, the lowest offset still unfinished (or one past the highest finished when none is).
+
+A message is finished when what it produced is acknowledged by Kafka, not when it was handed to
+the producer: ``Acknowledgements`` does that for a batch consumed and produced in one go.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 Partition = tuple[str, int]  # (topic, partition)
 
@@ -72,3 +78,56 @@ class OffsetTracker:
     def unfinished(self) -> int:
         with self._lock:
             return sum(len(s.unfinished) for s in self._partitions.values())
+
+
+class NotDelivered(RuntimeError):
+    """Kafka did not acknowledge something produced; what caused it was not committed."""
+
+
+class Acknowledgements:
+    """One consumed batch whose messages are committed only once Kafka acknowledged what each
+    produced (one message each at most).
+
+    ``flush()`` returning 0 says that every delivery report was served, not that each was a
+    success: a send that failed for good (a record over the topic's limit, a topic gone, a
+    timeout) must leave its source uncommitted, so that it is consumed and sent again.
+    """
+
+    def __init__(self) -> None:
+        self._offsets = OffsetTracker()
+        self._awaited = 0
+        self._undelivered: list[str] = []  # appended to by whichever thread serves the callback
+
+    def awaiting(self, msg: Message) -> Callable[[KafkaError | None, Message], None]:
+        """``msg`` produced a message: the delivery callback to give it, which finishes ``msg``."""
+        partition, offset = (msg.topic(), msg.partition()), msg.offset()
+        self._offsets.started(partition, offset)
+        self._awaited += 1
+
+        def report(err: KafkaError | None, produced: Message) -> None:
+            if err is None:
+                self._offsets.done(partition, offset)
+            else:
+                self._undelivered.append(f"{partition[0]}[{partition[1]}]@{offset} -> {produced.topic()}: {err.str()}")
+
+        return report
+
+    def finished(self, msg: Message) -> None:
+        """``msg`` is handled and produced nothing."""
+        partition = (msg.topic(), msg.partition())
+        self._offsets.started(partition, msg.offset())
+        self._offsets.done(partition, msg.offset())
+
+    def settle(self, producer: Producer, timeout: float = 30.0) -> list[TopicPartition]:
+        """Wait for the delivery reports (if anything was produced); the offsets to commit, none
+        past a message whose send was not acknowledged."""
+        if self._awaited:
+            producer.flush(timeout)
+        return [TopicPartition(t, p, o) for (t, p), o in self._offsets.committable().items()]
+
+    def raise_if_undelivered(self) -> None:
+        """After the commit: stop on a send that failed or got no answer, as it cannot be redone in place."""
+        if self._undelivered:
+            raise NotDelivered(f"{len(self._undelivered)} message(s) not delivered: {'; '.join(self._undelivered[:3])}")
+        if self._offsets.unfinished():
+            raise NotDelivered(f"{self._offsets.unfinished()} message(s) not delivered: no acknowledgement from Kafka in time")
