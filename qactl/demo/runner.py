@@ -201,16 +201,16 @@ class DemoRunner:
         if not backend.real:
             self.emit(DemoEvent("info", case.name, f"backend simulated [{backend.source}]: every answer is certain"))
             return
-        forced = "only what the faults force is certain" if case.has_faults else "nothing is forced"
-        self.emit(
-            DemoEvent(
-                "info",
-                case.name,
-                f"backend {backend.kind} [{backend.source}]: a real model writes every answer no fault forces; "
-                f"{forced}, and from the model's first own answer the gate decides "
-                f"(threshold {policies.quality_threshold:g}, up to {policies.max_regenerations} regenerations)",
+        said = f"backend {backend.kind} [{backend.source}]: a real model writes every answer no fault forces"
+        if not any(model_split(a.expect.path, a.forced_answers) is not None for a in case.asks):
+            said += "; here the faults force every step, so the whole path is certain"
+        else:
+            forced = "only what the faults force is certain" if case.has_faults else "no fault forces anything"
+            said += (
+                f"; {forced}, and from the model's first own answer the gate decides "
+                f"(threshold {policies.quality_threshold:g}, up to {policies.max_regenerations} regenerations)"
             )
-        )
+        self.emit(DemoEvent("info", case.name, said))
 
     def _announce_delays(self, case: Case, policies: Policies, source: str, result: CaseResult) -> None:
         waits = sum(expected_wait_seconds(a, policies) for a in case.asks)
@@ -376,23 +376,22 @@ class DemoRunner:
         def narrate(hop: Hop) -> None:
             nonlocal first_at
             first_at = hop.at.timestamp() if first_at is None else first_at
+            decided = judgements([hop], forced_answers or 0) if forced_answers is not None else []
+            by_model = [j for j in decided if not j.forced]
             self.emit(
                 DemoEvent(
                     "hop",
                     case.name,
                     hop_label(hop),
                     hop=hop,
-                    explanation=explain(hop, policies),
+                    # The gate's decision on the model's answer is said on the "model" line below.
+                    explanation=None if by_model else explain(hop, policies),
                     elapsed=hop.at.timestamp() - first_at,
                 )
             )
-            decided = judgements([hop], forced_answers or 0)
-            if forced_answers is None or not decided:
-                return
-            (judgement,) = decided
-            if not judgement.forced:
+            for judgement in by_model:
                 self.emit(DemoEvent("model", case.name, model_verdict(hop, judgement, judged, policies), hop=hop))
-            judged.append(judgement)
+            judged.extend(decided)
 
         status = api.follow(question_id, timeout, interval=self.poll_interval, on_hop=narrate)
         if not status.terminal:
