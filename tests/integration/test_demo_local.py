@@ -31,8 +31,10 @@ def local_pipeline(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
     """Every service, the score job and the local model server, demo profile."""
     settings = test_settings(
         policies={"delay_scale": 0.05},
-        llm={"backend": "local"},
-        llm_server={"port": port_base() + 436},
+        # Short answers, and a time limit the model keeps on 2 busy cores (an answer took up to
+        # 15 s here): a timed-out call would take the overload path, which no case expects.
+        llm={"backend": "local", "max_tokens": 40, "timeout_seconds": 90.0},
+        llm_server={"port": port_base() + 436},  # tests/stack.py's layout
     )
     names = [c.name for c in Stack(settings).components if c.name not in INFRA]
     assert "llm-server" in names
