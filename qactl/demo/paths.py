@@ -1,7 +1,9 @@
 """Observed hops against a case's expected path, and what each hop means under the policies.
 
 Pure functions of hops, steps and policies (no I/O), shared by the demo runner, its narration
-and the tests.
+and the tests. With a real model a path is expected exactly only as far as the faults force it
+(``model_split``); from the model's first own answer on, the hops must follow the gate's rules
+(``gate_problems``), whatever it decides (``judgements``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,10 @@ def gate_verdict(hop: Hop, policies: Policies) -> str:
     if hop.stage is Stage.validated:
         return f"score {hop.score:.3f} > {threshold:g} -> validated"
     if hop.stage is Stage.regenerating:
-        return f"score {hop.score:.3f} <= {threshold:g} -> regenerate (attempt {hop.attempt} of {policies.max_regenerations})"
+        return (
+            f"score {hop.score:.3f} <= {threshold:g} -> regenerate "
+            f"(attempt {hop.attempt} of {policies.max_regenerations})"
+        )
     return f"score {hop.score:.3f} <= {threshold:g}, no regeneration left -> low quality"
 
 
@@ -198,7 +203,9 @@ def compare(steps: list[PathStep], hops: list[Hop], policies: Policies, model_fr
     """
     path = observed_path(hops)
     exact = steps if model_from is None else steps[:model_from]
-    check = PathCheck(expected=[s.label for s in exact], observed=[hop_label(h) for h in path], model_decided_from=model_from)
+    check = PathCheck(
+        expected=[s.label for s in exact], observed=[hop_label(h) for h in path], model_decided_from=model_from
+    )
     for index, (step, hop) in enumerate(zip(exact, path)):
         if step.stage is not hop.stage or (step.topic is not None and step.topic != hop.topic):
             check.problems.append(
@@ -225,7 +232,9 @@ _DECISIONS = {
     (Stage.low_quality, "low-quality-responses"),
 }
 _NEXT = {
-    Stage.scoring: "validated @ validated-responses, regenerating @ questions-pending or low_quality @ low-quality-responses",
+    Stage.scoring: (
+        "validated @ validated-responses, regenerating @ questions-pending or low_quality @ low-quality-responses"
+    ),
     Stage.regenerating: "generating @ questions-pending",
     Stage.generating: "scoring @ llm-responses-success",
 }
@@ -263,7 +272,8 @@ def gate_problems(hops: list[Hop], policies: Policies, first_attempt: int, offse
         if hop.stage in (Stage.validated, Stage.low_quality):
             if index < offset + len(hops):
                 extra = ", ".join(hop_label(h) for h in hops[index - offset:])
-                problems.append(f"{len(hops) - (index - offset)} unexpected hop(s) after the terminal {hop.stage.value}: {extra}")
+                count = len(hops) - (index - offset)
+                problems.append(f"{count} unexpected hop(s) after the terminal {hop.stage.value}: {extra}")
             return problems
         wanted = (
             _DECISIONS if hop.stage is Stage.scoring

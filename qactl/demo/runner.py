@@ -265,6 +265,9 @@ class DemoRunner:
                 if not submission.answered:
                     timeout = ask.timeout_seconds + expected_wait_seconds(ask, policies)
                     forced = ask.forced_answers if model_from is not None else None
+                    if model_from is not None:  # a real model may take its whole time limit on each call
+                        calls = model_call_bounds(ask.expect.path, model_from, policies)[1]
+                        timeout += calls * self.settings.llm.timeout_seconds
                     final = self._follow(case, api, question_id, policies, timeout, forced)
                     stored = self._wait_stored(api, question_id, final)
                     if stored is not None:
@@ -468,7 +471,9 @@ class DemoRunner:
             else:
                 made = calls_after - calls_before
                 if model_from is None:
-                    checks.append(Check("llm_calls", made == expect.llm_calls, f"{made} LLM call(s), expected {expect.llm_calls}"))
+                    checks.append(
+                        Check("llm_calls", made == expect.llm_calls, f"{made} LLM call(s), expected {expect.llm_calls}")
+                    )
                 else:
                     fewest, most = model_call_bounds(expect.path, model_from, policies)
                     checks.append(
