@@ -1,7 +1,9 @@
 """`qactl demo <case|all>`: run a demo case against the stack and narrate every hop live.
 
 Exit code: 0 when every case followed its expected path, 2 when one did not, 1 when the stack
-is not up (or another expected failure stopped the run).
+is not up (or another expected failure stopped the run). With a real model the expected path is
+what the faults force; from the model's first own answer the gate decides, and the narration
+says so ("model" lines).
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ def narrate(event: DemoEvent) -> None:
         console.print(line)
         if event.explanation:
             console.print(Text(f"        policy: {event.explanation}", style="italic"))
+    elif event.kind == "model":
+        console.print(Text.assemble(("model ", "bold yellow"), (event.message, "yellow")))
     elif event.kind == "terminal":
         style = "bold green" if event.ok else "bold red"
         console.print(Text.assemble(("end   ", style), (event.message, style)))
+    elif event.kind == "answer":
+        console.print(Text.assemble(("answer ", "bold"), event.message))
     elif event.kind == "check":
         mark, style = ("ok  ", "green") if event.ok else ("FAIL", "bold red")
         console.print(Text.assemble((f"  {mark} ", style), escape(event.message)))
@@ -76,7 +82,7 @@ def demo(
 ) -> None:
     """Run demo cases against the running stack, narrating each hop until the terminal state.
 
-    Each case injects its faults through the LLM gateway, asks its question through the storage API, follows /status and compares the path taken with the expected one. Exit 0 only if every expected path happened, 2 if one did not, 1 if the stack is not up.
+    Each case injects its faults through the LLM gateway, asks its question through the storage API, follows /status and compares the path taken with the expected one (with a real model: exactly as far as the faults force it, then by the gate's rules, whatever the model's answers score). Exit 0 only if every expected path happened, 2 if one did not, 1 if the stack is not up.
     """
     from qactl.demo.runner import run_cases
 

@@ -14,6 +14,12 @@ mapping that adds checks on that hop::
     {hop: "regenerating @ questions-pending", score: below}              # score <= threshold
     {hop: "validated @ validated-responses", score: above, attempt: 1}
     {hop: "retrying-overload @ llm-responses-error-overload", error: "503"}
+
+The path is written for the simulator, whose unforced answers are paraphrases of the reference
+and validate. With a real model only what the faults force is certain: the path is checked
+exactly up to the scoring hop of the first answer the model writes itself (after the answers
+degrade faults write), and from there the hops must follow the gate's rules, whatever it decides
+(``qactl/demo/paths.py``).
 """
 
 from __future__ import annotations
@@ -127,6 +133,15 @@ class Ask(_Strict):
     faults: list[Fault] = Field(default_factory=list)
     timeout_seconds: float = Field(default=120.0, gt=0, description="On top of the policy delays expected.")
     expect: Expectation
+
+    @property
+    def forced_answers(self) -> int:
+        """How many of this question's answers degrade faults write (the first ones), not the LLM.
+
+        A degrade fault with a rate forces an unknown number: it counts for none, and those
+        answers are judged like the model's (the gate's rules hold whoever wrote the text).
+        """
+        return sum(f.count or 0 for f in self.faults if f.kind == "degrade")
 
     @cached_property
     def reference(self) -> str | None:

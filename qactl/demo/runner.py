@@ -3,6 +3,11 @@
 UI-free: everything the operator should see is sent as a ``DemoEvent`` to a callback (the CLI
 narrates them with Rich; the dashboard turns a case into one line), and a ``CaseResult`` says
 whether the expected path happened, check by check.
+
+With a real model (any backend but the simulator) a case's path is certain only as far as its
+faults force it: up to the first answer the model writes itself. From there the runner checks
+that the gate judged by its rules, says in the narration that the model's answer now decides,
+and reports what the gate decided (``model_decided_from``, ``answers``).
 """
 
 from __future__ import annotations
@@ -18,14 +23,27 @@ from qactl.client.fault_presets import describe_rule
 from qactl.client.gateway import GatewayClient
 from qactl.demo import stack_access
 from qactl.demo.cases import Ask, Case, load_cases
-from qactl.demo.paths import compare, explain, hop_label, observed_path, policy_delay_bounds
+from qactl.demo.paths import (
+    Judgement,
+    compare,
+    explain,
+    gate_verdict,
+    hop_label,
+    judgements,
+    model_call_bounds,
+    model_split,
+    observed_path,
+    policy_delay_bounds,
+)
 from qactl.errors import QactlError, StackNotRunning
 from services.common.schemas import Hop, normalize_question, question_id_for
 from services.common.settings import Policies, QactlSettings
 from services.common.waiting import poll_until
 from services.llm_gateway.faults import FaultRule
 
-EventKind = Literal["case", "info", "warning", "faults", "submit", "hop", "terminal", "check", "result"]
+EventKind = Literal[
+    "case", "info", "warning", "faults", "submit", "hop", "model", "terminal", "answer", "check", "result"
+]
 
 # How long to wait, after a terminal state, for the persister to have stored it (and cached it).
 STORED_WAIT_SECONDS = 20.0
@@ -59,8 +77,14 @@ class AskResult:
     state: str | None = None
     score: float | None = None
     reason: str | None = None
+    answer: str | None = None
+    model: str | None = None  # who wrote the answer: the model's name, or the degrade fault's label
+    # The certain part of the path: all of it with the simulator; with a real model, the hops
+    # before model_decided_from (the scoring hop of the first answer the model wrote itself).
     expected_path: list[str] = field(default_factory=list)
     observed_path: list[str] = field(default_factory=list)
+    model_decided_from: int | None = None
+    answers: list[dict[str, Any]] = field(default_factory=list)  # the gate's decisions, forced or the model's
     hops: list[dict[str, Any]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
@@ -77,6 +101,8 @@ class CaseResult:
     delay_scale: float
     delays_shortened: bool
     policy_source: str
+    backend: str = "simulated"
+    backend_source: str = ""
     asks: list[AskResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -125,6 +151,7 @@ class DemoRunner:
         self.emit = listener
         self.poll_interval = poll_interval
         self._running: stack_access.RunningPolicies | None = None
+        self._backend: stack_access.RunningBackend | None = None
 
     # --- preflight ------------------------------------------------------------------------
 
@@ -138,18 +165,23 @@ class DemoRunner:
             with GatewayClient.from_settings(self.settings) as gateway:
                 gateway.list_faults()  # raises StackNotRunning with the gateway's address
         self._running = stack_access.running_policies(self.settings)
+        self._backend = stack_access.running_backend(self.settings)
         return self._running
 
     # --- a case ---------------------------------------------------------------------------
 
     def run_case(self, case: Case) -> CaseResult:
         running = self._running or self.preflight([case])
+        backend = self._backend = self._backend or stack_access.running_backend(self.settings)
         policies = running.policies
-        result = CaseResult(case.name, case.title, policies.delay_scale, policies.shortened, running.source)
+        result = CaseResult(
+            case.name, case.title, policies.delay_scale, policies.shortened, running.source, backend.kind, backend.source
+        )
         started = time.monotonic()
         self.emit(DemoEvent("case", case.name, case.title))
         if case.summary:
             self.emit(DemoEvent("info", case.name, case.summary))
+        self._announce_backend(case, backend, policies)
         self._announce_delays(case, policies, running.source, result)
         tag = f"demo {case.name} {secrets.token_hex(3)}" if case.unique else None
         if tag is not None:
@@ -157,11 +189,28 @@ class DemoRunner:
         for index, ask in enumerate(case.asks, start=1):
             if len(case.asks) > 1:
                 self.emit(DemoEvent("info", case.name, f"ask {index} of {len(case.asks)}"))
-            result.asks.append(self._run_ask(case, ask, asked_as(ask.question, tag), policies, result))
+            question = asked_as(ask.question, tag)
+            earlier = next((a for a in reversed(result.asks) if a.question == question), None)
+            result.asks.append(self._run_ask(case, ask, question, policies, backend, earlier, result))
         result.seconds = time.monotonic() - started
         verdict = "the expected path happened" if result.ok else "the expected path did NOT happen"
         self.emit(DemoEvent("result", case.name, f"{case.name}: {verdict} ({result.seconds:.1f} s)", ok=result.ok))
         return result
+
+    def _announce_backend(self, case: Case, backend: stack_access.RunningBackend, policies: Policies) -> None:
+        if not backend.real:
+            self.emit(DemoEvent("info", case.name, f"backend simulated [{backend.source}]: every answer is certain"))
+            return
+        said = f"backend {backend.kind} [{backend.source}]: a real model writes every answer no fault forces"
+        if not any(model_split(a.expect.path, a.forced_answers) is not None for a in case.asks):
+            said += "; here the faults force every step, so the whole path is certain"
+        else:
+            forced = "only what the faults force is certain" if case.has_faults else "no fault forces anything"
+            said += (
+                f"; {forced}, and from the model's first own answer the gate decides "
+                f"(threshold {policies.quality_threshold:g}, up to {policies.max_regenerations} regenerations)"
+            )
+        self.emit(DemoEvent("info", case.name, said))
 
     def _announce_delays(self, case: Case, policies: Policies, source: str, result: CaseResult) -> None:
         waits = sum(expected_wait_seconds(a, policies) for a in case.asks)
@@ -188,10 +237,21 @@ class DemoRunner:
 
     # --- one ask --------------------------------------------------------------------------
 
-    def _run_ask(self, case: Case, ask: Ask, question: str, policies: Policies, case_result: CaseResult) -> AskResult:
+    def _run_ask(
+        self,
+        case: Case,
+        ask: Ask,
+        question: str,
+        policies: Policies,
+        backend: stack_access.RunningBackend,
+        earlier: AskResult | None,
+        case_result: CaseResult,
+    ) -> AskResult:
         question_id = question_id_for(question)
         result = AskResult(question=question, question_id=question_id)
-        result.expected_path = [s.label for s in ask.expect.path]
+        model_from = model_split(ask.expect.path, ask.forced_answers) if backend.real else None
+        result.model_decided_from = model_from
+        result.expected_path = [s.label for s in ask.expect.path[:model_from]]
         started = time.monotonic()
         gateway = GatewayClient.from_settings(self.settings) if self._gateway_wanted(ask) else None
         try:
@@ -204,7 +264,11 @@ class DemoRunner:
                 final: QuestionStatus | None = None
                 if not submission.answered:
                     timeout = ask.timeout_seconds + expected_wait_seconds(ask, policies)
-                    final = self._follow(case, api, question_id, policies, timeout, result)
+                    forced = ask.forced_answers if model_from is not None else None
+                    if model_from is not None:  # a real model may take its whole time limit on each call
+                        calls = model_call_bounds(ask.expect.path, model_from, policies)[1]
+                        timeout += calls * self.settings.llm.timeout_seconds
+                    final = self._follow(case, api, question_id, policies, timeout, forced)
                     stored = self._wait_stored(api, question_id, final)
                     if stored is not None:
                         final = stored
@@ -212,8 +276,12 @@ class DemoRunner:
                 result.state = final.state.value
                 result.score = final.score
                 result.reason = final.reason
+                result.answer, result.model = final.answer, final.model
                 result.hops = [h.model_dump(mode="json", exclude_none=True) for h in final.hops]
-            self._check(case, ask, question, submission, final, policies, result, gateway, calls_before, offsets_before)
+                result.answers = [asdict(j) for j in judgements(final.hops, ask.forced_answers)]
+            self._check(
+                case, ask, question, submission, final, policies, result, gateway, calls_before, offsets_before, earlier
+            )
             self._cleanup(case, gateway, injected, case_result)
         finally:
             if gateway is not None:
@@ -280,6 +348,7 @@ class DemoRunner:
             )
             result.state = submission.status
             result.score = submission.score
+            result.answer, result.model = submission.answer, submission.model
         else:
             joined = " (joined an identical question in flight)" if submission.coalesced else ""
             self.emit(
@@ -291,24 +360,41 @@ class DemoRunner:
             )
 
     def _follow(
-        self, case: Case, api: StorageApiClient, question_id: str, policies: Policies, timeout: float, result: AskResult
+        self,
+        case: Case,
+        api: StorageApiClient,
+        question_id: str,
+        policies: Policies,
+        timeout: float,
+        forced_answers: int | None,
     ) -> QuestionStatus:
-        """Follow the question, narrating each new hop, until a terminal state or the timeout."""
+        """Follow the question, narrating each new hop, until a terminal state or the timeout.
+
+        ``forced_answers``: with a real model, how many answers faults write; the gate's
+        decisions on the model's own answers after them are said so.
+        """
         first_at: float | None = None
+        judged: list[Judgement] = []
 
         def narrate(hop: Hop) -> None:
             nonlocal first_at
             first_at = hop.at.timestamp() if first_at is None else first_at
+            decided = judgements([hop], forced_answers or 0) if forced_answers is not None else []
+            by_model = [j for j in decided if not j.forced]
             self.emit(
                 DemoEvent(
                     "hop",
                     case.name,
                     hop_label(hop),
                     hop=hop,
-                    explanation=explain(hop, policies),
+                    # The gate's decision on the model's answer is said on the "model" line below.
+                    explanation=None if by_model else explain(hop, policies),
                     elapsed=hop.at.timestamp() - first_at,
                 )
             )
+            for judgement in by_model:
+                self.emit(DemoEvent("model", case.name, model_verdict(hop, judgement, judged, policies), hop=hop))
+            judged.extend(decided)
 
         status = api.follow(question_id, timeout, interval=self.poll_interval, on_hop=narrate)
         if not status.terminal:
@@ -345,8 +431,10 @@ class DemoRunner:
         gateway: GatewayClient | None,
         calls_before: int | None,
         offsets_before: dict[int, int] | None,
+        earlier: AskResult | None,
     ) -> None:
         expect = ask.expect
+        model_from = result.model_decided_from
         checks = result.checks
         wanted_status = 200 if expect.response == "answered" else 202
         checks.append(
@@ -359,7 +447,7 @@ class DemoRunner:
                       f"answered from the {submission.source or 'pipeline'}, expected the {expect.source}")
             )
         if final is not None:
-            path = compare(expect.path, final.hops, policies)
+            path = compare(expect.path, final.hops, policies, model_from)
             result.observed_path = path.observed
             detail = "observed " + " -> ".join(path.observed) if path.ok else "; ".join(path.problems)
             checks.append(Check("path", path.ok, detail))
@@ -368,8 +456,8 @@ class DemoRunner:
                       "terminal state stored in PostgreSQL" if final.raw.get("terminal_at")
                       else "the terminal state was not stored in PostgreSQL in time")
             )
-        state = result.state
-        checks.append(Check("terminal", state == expect.terminal, f"terminal state {state}, expected {expect.terminal}"))
+        terminal = self._terminal_check(expect.terminal, result, earlier)
+        checks.append(terminal)
         if expect.reason_contains is not None:
             reason = result.reason or ""
             checks.append(
@@ -382,7 +470,17 @@ class DemoRunner:
                 checks.append(Check("llm_calls", True, "not checked: the built-in gateway is not answering"))
             else:
                 made = calls_after - calls_before
-                checks.append(Check("llm_calls", made == expect.llm_calls, f"{made} LLM call(s), expected {expect.llm_calls}"))
+                if model_from is None:
+                    checks.append(
+                        Check("llm_calls", made == expect.llm_calls, f"{made} LLM call(s), expected {expect.llm_calls}")
+                    )
+                else:
+                    fewest, most = model_call_bounds(expect.path, model_from, policies)
+                    checks.append(
+                        Check("llm_calls", fewest <= made <= most,
+                              f"{made} LLM call(s), expected {fewest} to {most}: {fewest - 1} forced by faults, "
+                              f"the model's first answer, then up to {most - fewest} regeneration(s) the gate may ask for")
+                    )
         if offsets_before is not None:
             after = stack_access.pending_end_offsets(self.settings)
             moved = sum(after.values()) - sum(offsets_before.values())
@@ -392,9 +490,61 @@ class DemoRunner:
                       f"({sum(offsets_before.values())} -> {sum(after.values())})")
             )
         if final is not None and final.terminal:
-            self.emit(DemoEvent("terminal", case.name, final.state.value, ok=final.state.value == expect.terminal))
+            self.emit(DemoEvent("terminal", case.name, final.state.value, ok=terminal.ok))
+        if result.answer is not None:
+            kind = self._backend.kind if self._backend is not None else "simulated"
+            self.emit(DemoEvent("answer", case.name, answer_line(result.answer, result.model, kind)))
         for check in checks:
             self.emit(DemoEvent("check", case.name, f"{check.name}: {check.detail}", ok=check.ok))
+
+    @staticmethod
+    def _terminal_check(expected: str, result: AskResult, earlier: AskResult | None) -> Check:
+        """The terminal state: the case's, or, where a real model decided, the gate's verdict."""
+        state = result.state
+        if result.model_decided_from is not None:
+            gate_end = result.observed_path[-1].split(" @ ")[0] if result.observed_path else None
+            ok = state in ("validated", "low_quality") and state == gate_end
+            return Check(
+                "terminal", ok,
+                f"terminal state {state}, the gate's verdict on the model's answer "
+                f"(validated or low_quality; the simulator's path ends in {expected})",
+            )
+        if result.source is not None and earlier is not None and earlier.model_decided_from is not None:
+            return Check(
+                "terminal", state == earlier.state,
+                f"terminal state {state}, expected {earlier.state} as the first ask ended (the model decided it)",
+            )
+        return Check("terminal", state == expected, f"terminal state {state}, expected {expected}")
+
+
+def model_verdict(hop: Hop, judgement: Judgement, before: list[Judgement], policies: Policies) -> str:
+    """The narration of the gate's decision on an answer the model wrote itself."""
+    first = not any(not j.forced for j in before)
+    text = (
+        f"from here the real model's answer decides: {gate_verdict(hop, policies)}"
+        if first
+        else f"the model's regenerated answer (attempt {judgement.attempt}): {gate_verdict(hop, policies)}"
+    )
+    previous = next((j for j in reversed(before) if j.score is not None), None)
+    if previous is not None and judgement.score is not None:
+        whose = "the forced off-topic answer" if previous.forced else "its previous answer"
+        text += f" ({whose} scored {previous.score:.3f}: {judgement.score - previous.score:+.3f})"
+    return text
+
+
+def answer_line(answer: str, model: str | None, backend: str, width: int = 160) -> str:
+    """An answer as the narration shows it, with who wrote it: a canned text is never the model's."""
+    from services.llm_gateway.app import DEGRADED_MODEL
+
+    flat = " ".join(answer.split())
+    shown = flat if len(flat) <= width else flat[: width - 1] + "…"
+    if model == DEGRADED_MODEL:
+        who = f"{model} (canned off-topic text from the degrade fault, not the model's)"
+    elif backend == "simulated":
+        who = f"{model or 'the simulator'} (the simulator's canned text)"
+    else:
+        who = model or backend
+    return f"by {who}: \"{shown}\""
 
 
 def asked_as(question: str, tag: str | None) -> str:

@@ -3,6 +3,8 @@
 - the policies the running services use (the retry services report their ``delay_scale`` in
   their ``/health``: a stack started with the demo profile shortens delays, whatever the
   settings of this `qactl` process say);
+- the LLM backend the running llm-consumers call (their ``/health`` names it): with a real
+  model only what the faults force is certain;
 - the end offsets of ``questions-pending`` (a cache hit must leave them unchanged) and whether
   an answer has reached the Redis cache.
 """
@@ -16,6 +18,7 @@ import redis
 from qactl.errors import StackNotRunning
 from qactl.runtime.services import components as service_components
 from services.common import topics
+from services.common.backend_choice import resolve_backend_kind
 from services.common.cache import cache_key
 from services.common.settings import Policies, QactlSettings
 
@@ -40,6 +43,31 @@ def running_policies(settings: QactlSettings) -> RunningPolicies:
                 policies = settings.policies.model_copy(update={"delay_scale": float(scale)})
                 return RunningPolicies(policies, f"reported by {spec.name}")
     return RunningPolicies(settings.policies, "from this qactl's settings (retry services not reachable)")
+
+
+@dataclass(frozen=True)
+class RunningBackend:
+    kind: str  # local, ollama, openai or simulated
+    source: str  # where it came from
+
+    @property
+    def real(self) -> bool:
+        """A real model writes the answers no fault forces (the simulator paraphrases the reference)."""
+        return self.kind != "simulated"
+
+
+def running_backend(settings: QactlSettings) -> RunningBackend:
+    """The backend the running llm-consumers report, else the one this qactl's settings resolve to."""
+    found = {c.name: c for c in service_components(settings)}
+    component = found.get("llm-consumer")
+    for spec in component.processes() if component is not None else []:
+        health = spec.health() if spec.health is not None else None
+        described = health.data.get("backend") if health is not None else None
+        if isinstance(described, str) and described.strip():
+            # "local at http://127.0.0.1:11435/v1 (model SmolLM2-135M-Instruct-Q4_1)"
+            return RunningBackend(described.split()[0], f"reported by {spec.name}")
+    kind = resolve_backend_kind(settings)
+    return RunningBackend(kind, "from this qactl's settings (llm-consumer not reachable)")
 
 
 def cached(settings: QactlSettings, question_id: str) -> bool:

@@ -49,9 +49,11 @@ def test_each_case_follows_its_expected_path(cli: QactlSettings, case: str) -> N
     assert outcome["ok"] and outcome["name"] == case
     assert outcome["delays_shortened"] and outcome["delay_scale"] == DEMO_DELAY_SCALE
     assert outcome["policy_source"].startswith("reported by retry-")
+    assert outcome["backend"] == "simulated" and outcome["backend_source"].startswith("reported by llm-consumer")
     for ask in outcome["asks"]:
         assert ask["ok"], ask["checks"]
-        assert ask["observed_path"] == ask["expected_path"]
+        assert ask["observed_path"] == ask["expected_path"]  # the simulator's path is certain, all of it
+        assert ask["model_decided_from"] is None
 
 
 def test_the_narration_shows_hops_policies_and_the_demo_profile(cli: QactlSettings) -> None:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from qactl.demo.cases import PathStep, load_case
-from qactl.demo.paths import compare, explain, first_divergence, observed_path
+from qactl.demo.paths import (
+    PathCheck,
+    compare,
+    explain,
+    first_divergence,
+    gate_verdict,
+    judgements,
+    model_call_bounds,
+    model_split,
+    observed_path,
+)
 from services.common.schemas import ErrorInfo, ErrorKind, Hop, Stage
 from services.common.settings import Policies
 
@@ -125,3 +135,154 @@ def test_explanations_compare_scores_with_the_threshold() -> None:
     assert regen == "score 0.500 <= threshold 0.75: regenerate (attempt 2 of 3)"
     assert "no regeneration left" in (explain(Hop(stage=Stage.low_quality, score=0.5), Policies()) or "")
     assert explain(Hop(stage=Stage.generating), Policies()) is None
+
+
+# --- a real model: the path is certain as far as the faults force it, then the gate decides ---
+
+PENDING, SUCCESS = "questions-pending", "llm-responses-success"
+
+
+def gate(*decisions: tuple[str, float], start: int = 0) -> list[tuple]:
+    """Hops of answers from attempt ``start`` on: scoring, then each decision ("validated",
+    "regenerating", "low_quality") with its score; a regeneration is followed by the next answer."""
+    made: list[tuple] = []
+    attempt = start
+    for decision, score in decisions:
+        made.append((Stage.scoring, SUCCESS, {"attempt": attempt}))
+        if decision == "regenerating":
+            attempt += 1
+            made.append((Stage.regenerating, PENDING, {"score": score, "attempt": attempt}))
+            made.append((Stage.generating, PENDING, {"attempt": attempt}))
+        else:
+            topic = "validated-responses" if decision == "validated" else "low-quality-responses"
+            made.append((Stage(decision), topic, {"score": score, "attempt": attempt}))
+    return made
+
+
+FIRST_ANSWER = ((Stage.queued, PENDING), (Stage.generating, PENDING))
+
+
+def real(case: str, *observed: tuple) -> PathCheck:
+    ask = load_case(case).asks[0]
+    split = model_split(ask.expect.path, ask.forced_answers)
+    return compare(ask.expect.path, hops(*observed), DEMO, split)
+
+
+def test_the_model_decides_from_its_first_answer() -> None:
+    normal = load_case("normal").asks[0]
+    assert model_split(normal.expect.path, normal.forced_answers) == 2  # queued, generating, then its answer
+    regeneration = load_case("regeneration").asks[0]
+    assert regeneration.forced_answers == 1
+    assert model_split(regeneration.expect.path, 1) == 5  # the degraded answer and its regeneration are forced
+    overload = load_case("overload").asks[0]
+    assert model_split(overload.expect.path, 0) == 10  # both 503 retries are forced
+    low_quality = load_case("low-quality").asks[0]
+    assert model_split(low_quality.expect.path, low_quality.forced_answers) is None  # every answer forced
+    assert model_split(load_case("exhausted").asks[0].expect.path, 0) is None  # no answer at all
+
+
+def test_validated_at_the_first_try() -> None:
+    check = real("normal", *FIRST_ANSWER, *gate(("validated", 0.81)))
+    assert check.ok, check.problems
+    assert check.expected == ["queued @ questions-pending", "generating @ questions-pending"]
+    assert check.model_decided_from == 2
+    assert check.observed[2:] == ["scoring @ llm-responses-success", "validated @ validated-responses"]
+
+
+def test_validated_after_a_regeneration_of_its_own() -> None:
+    check = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.52), ("validated", 0.78)))
+    assert check.ok, check.problems
+
+
+def test_low_quality_after_three_regenerations() -> None:
+    answers = gate(("regenerating", 0.5), ("regenerating", 0.4), ("regenerating", 0.55), ("low_quality", 0.6))
+    check = real("normal", *FIRST_ANSWER, *answers)
+    assert check.ok, check.problems
+    assert [j.decision for j in judgements(hops(*FIRST_ANSWER, *answers))] == [
+        "regenerating", "regenerating", "regenerating", "low_quality"
+    ]
+
+
+def test_a_sequence_the_gate_cannot_produce_is_caught() -> None:
+    below = real("normal", *FIRST_ANSWER, *gate(("validated", 0.5)))
+    assert below.problems == [
+        "step 4 (validated @ validated-responses): validated with score 0.500, not above the threshold 0.75"
+    ]
+    above = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.9), ("validated", 0.8)))
+    assert above.problems == [
+        "step 4 (regenerating @ questions-pending): score 0.900 is above the threshold 0.75, yet not validated"
+    ]
+    early = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.5), ("low_quality", 0.5)))
+    assert early.problems == ["step 7 (low_quality @ low-quality-responses): low quality after 1 regeneration(s), with 2 left"]
+    four = gate(*[("regenerating", 0.5)] * 4, ("low_quality", 0.5))
+    assert "regeneration 4, past the limit of 3" in real("normal", *FIRST_ANSWER, *four).problems[0]
+    skipped = real("normal", *FIRST_ANSWER, (Stage.scoring, SUCCESS), (Stage.generating, PENDING))
+    assert skipped.problems == [
+        "step 4 (generating @ questions-pending): not what the gate does after scoring: expected "
+        "validated @ validated-responses, regenerating @ questions-pending or low_quality @ low-quality-responses"
+    ]
+
+
+def test_an_unfinished_or_overlong_gate_sequence_is_caught() -> None:
+    unfinished = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.5)))
+    assert unfinished.problems == [
+        "no terminal state yet: after generating the gate goes on with scoring @ llm-responses-success"
+    ]
+    assert real("normal", *FIRST_ANSWER).problems == [
+        "missing the model's answer: scoring @ llm-responses-success and the gate's decision"
+    ]
+    extra = real("normal", *FIRST_ANSWER, *gate(("validated", 0.8)), (Stage.queued, PENDING))
+    assert extra.problems == [
+        "1 unexpected hop(s) after the terminal validated: queued @ questions-pending"
+    ]
+
+
+FORCED_DEGRADE = (
+    *FIRST_ANSWER,
+    (Stage.scoring, SUCCESS),
+    (Stage.regenerating, PENDING, {"score": 0.21, "attempt": 1}),
+    (Stage.generating, PENDING, {"attempt": 1}),
+)
+
+
+def test_the_forced_degraded_answer_stays_checked() -> None:
+    after = gate(("validated", 0.8), start=1)
+    check = real("regeneration", *FORCED_DEGRADE, *after)
+    assert check.ok, check.problems
+    assert check.model_decided_from == 5 and len(check.expected) == 5
+    assert [(j.attempt, j.score, j.forced) for j in judgements(hops(*FORCED_DEGRADE, *after), 1)] == [
+        (0, 0.21, True), (1, 0.8, False)
+    ]
+    # The model's own answer may also end low: three regenerations in all, then low quality.
+    low = gate(("regenerating", 0.5), ("regenerating", 0.5), ("low_quality", 0.4), start=1)
+    assert real("regeneration", *FORCED_DEGRADE, *low).ok
+    # The degraded answer must still score below the threshold: that part is the fault's.
+    high = [*FORCED_DEGRADE[:3], (Stage.regenerating, PENDING, {"score": 0.9, "attempt": 1}), FORCED_DEGRADE[4]]
+    assert "score 0.900 is above the threshold 0.75" in real("regeneration", *high, *after).problems[0]
+    # The model's answer is the regeneration's: attempt 1, not a fresh attempt 0.
+    assert "attempt 0, expected 1" in real("regeneration", *FORCED_DEGRADE, *gate(("validated", 0.8))).problems[0]
+
+
+def test_the_forced_retries_before_the_model_stay_checked() -> None:
+    ask = load_case("overload").asks[0]
+    wrong = hops(*FIRST_ANSWER, *gate(("validated", 0.8)))  # no 503 at all
+    check = compare(ask.expect.path, wrong, DEMO, model_split(ask.expect.path, 0))
+    assert check.problems == [
+        "step 3: expected retrying-overload @ llm-responses-error-overload, observed scoring @ llm-responses-success"
+    ]
+
+
+def test_the_calls_a_model_may_make() -> None:
+    for case, bounds in (("normal", (1, 4)), ("overload", (3, 6)), ("regeneration", (2, 4))):
+        ask = load_case(case).asks[0]
+        assert model_call_bounds(ask.expect.path, model_split(ask.expect.path, ask.forced_answers), Policies()) == bounds
+
+
+def test_gate_verdicts() -> None:
+    assert gate_verdict(Hop(stage=Stage.validated, score=0.64), Policies(quality_threshold=0.6)) == "score 0.640 > 0.6 -> validated"
+    assert gate_verdict(Hop(stage=Stage.regenerating, score=0.5, attempt=1), Policies()) == (
+        "score 0.500 <= 0.75 -> regenerate (attempt 1 of 3)"
+    )
+    assert gate_verdict(Hop(stage=Stage.low_quality, score=0.5, attempt=3), Policies()) == (
+        "score 0.500 <= 0.75, no regeneration left -> low quality"
+    )
