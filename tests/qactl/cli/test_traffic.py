@@ -83,7 +83,7 @@ def test_sync_baseline_calls_the_llm_one_by_one_and_records_the_run(cli: QactlSe
     assert summary["mode"] == "sync" and summary["samples"] == 5 and summary["succeeded"] == 5
     assert summary["perceived_ms"] == summary["real_ms"]  # the synchronous design: the caller waits for the answer
     rows = execute(cli, "SELECT mode, requested_count, backend FROM traffic_runs WHERE id = %s", summary["run_id"])
-    assert rows[0][:2] == ("sync", 5) and "gateway" in rows[0][2]
+    assert rows[0][:2] == ("sync", 5) and "simulated" in rows[0][2]
     outcomes = execute(cli, "SELECT outcome, http_status, perceived_ms = real_ms FROM traffic_samples WHERE run_id = %s", summary["run_id"])
     assert outcomes == [("answered", 200, True)] * 5
 

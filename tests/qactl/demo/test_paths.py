@@ -82,7 +82,7 @@ def test_scores_are_checked_against_the_threshold() -> None:
     ok = compare(expected, hops((Stage.regenerating, "questions-pending", {"score": 0.4, "attempt": 1})), DEMO)
     assert ok.ok
     too_high = compare(expected, hops((Stage.regenerating, "questions-pending", {"score": 0.8, "attempt": 1})), DEMO)
-    assert too_high.problems == ["hop regenerating @ questions-pending: score 0.800 is above the threshold 0.75"]
+    assert too_high.problems == ["hop regenerating @ questions-pending: score 0.800 is above the threshold 0.6"]
     wrong_attempt = compare(expected, hops((Stage.regenerating, "questions-pending", {"score": 0.4, "attempt": 2})), DEMO)
     assert "attempt 2, expected 1" in wrong_attempt.problems[0]
 
@@ -130,9 +130,9 @@ def test_explanations_say_which_policy_chose_a_delay() -> None:
 
 
 def test_explanations_compare_scores_with_the_threshold() -> None:
-    assert explain(Hop(stage=Stage.validated, score=0.9), Policies()) == "score 0.900 > threshold 0.75: validated"
+    assert explain(Hop(stage=Stage.validated, score=0.9), Policies()) == "score 0.900 > threshold 0.6: validated"
     regen = explain(Hop(stage=Stage.regenerating, score=0.5, attempt=2), Policies())
-    assert regen == "score 0.500 <= threshold 0.75: regenerate (attempt 2 of 3)"
+    assert regen == "score 0.500 <= threshold 0.6: regenerate (attempt 2 of 3)"
     assert "no regeneration left" in (explain(Hop(stage=Stage.low_quality, score=0.5), Policies()) or "")
     assert explain(Hop(stage=Stage.generating), Policies()) is None
 
@@ -206,11 +206,11 @@ def test_low_quality_after_three_regenerations() -> None:
 def test_a_sequence_the_gate_cannot_produce_is_caught() -> None:
     below = real("normal", *FIRST_ANSWER, *gate(("validated", 0.5)))
     assert below.problems == [
-        "step 4 (validated @ validated-responses): validated with score 0.500, not above the threshold 0.75"
+        "step 4 (validated @ validated-responses): validated with score 0.500, not above the threshold 0.6"
     ]
     above = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.9), ("validated", 0.8)))
     assert above.problems == [
-        "step 4 (regenerating @ questions-pending): score 0.900 is above the threshold 0.75, yet not validated"
+        "step 4 (regenerating @ questions-pending): score 0.900 is above the threshold 0.6, yet not validated"
     ]
     early = real("normal", *FIRST_ANSWER, *gate(("regenerating", 0.5), ("low_quality", 0.5)))
     assert early.problems == ["step 7 (low_quality @ low-quality-responses): low quality after 1 regeneration(s), with 2 left"]
@@ -258,7 +258,7 @@ def test_the_forced_degraded_answer_stays_checked() -> None:
     assert real("regeneration", *FORCED_DEGRADE, *low).ok
     # The degraded answer must still score below the threshold: that part is the fault's.
     high = [*FORCED_DEGRADE[:3], (Stage.regenerating, PENDING, {"score": 0.9, "attempt": 1}), FORCED_DEGRADE[4]]
-    assert "score 0.900 is above the threshold 0.75" in real("regeneration", *high, *after).problems[0]
+    assert "score 0.900 is above the threshold 0.6" in real("regeneration", *high, *after).problems[0]
     # The model's answer is the regeneration's: attempt 1, not a fresh attempt 0.
     assert "attempt 0, expected 1" in real("regeneration", *FORCED_DEGRADE, *gate(("validated", 0.8))).problems[0]
 
@@ -281,8 +281,8 @@ def test_the_calls_a_model_may_make() -> None:
 def test_gate_verdicts() -> None:
     assert gate_verdict(Hop(stage=Stage.validated, score=0.64), Policies(quality_threshold=0.6)) == "score 0.640 > 0.6 -> validated"
     assert gate_verdict(Hop(stage=Stage.regenerating, score=0.5, attempt=1), Policies()) == (
-        "score 0.500 <= 0.75 -> regenerate (attempt 1 of 3)"
+        "score 0.500 <= 0.6 -> regenerate (attempt 1 of 3)"
     )
     assert gate_verdict(Hop(stage=Stage.low_quality, score=0.5, attempt=3), Policies()) == (
-        "score 0.500 <= 0.75, no regeneration left -> low quality"
+        "score 0.500 <= 0.6, no regeneration left -> low quality"
     )

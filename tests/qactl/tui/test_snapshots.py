@@ -13,14 +13,16 @@ from textual.pilot import Pilot
 
 from qactl.tui.app import make_app
 from services.common.settings import load_settings
-from tests.qactl.tui.recorded import RecordedSource
+from tests.qactl.tui.recorded import THRESHOLD, RecordedSource
 
 SMALL = (80, 24)
 LARGE = (120, 40)
 
 
 def recorded_app():
-    return make_app(load_settings(), RecordedSource(), refresh_seconds=3600.0)
+    # The recording's answers were judged at its own threshold; the screens show that one.
+    settings = load_settings(policies={"quality_threshold": THRESHOLD})
+    return make_app(settings, RecordedSource(), refresh_seconds=3600.0)
 
 
 async def until(pilot: Pilot, condition, timeout: float = 10.0) -> None:
