@@ -9,6 +9,24 @@ import typer
 
 from qactl.cli.common import console, settings
 
+class BuildProgress:
+    """The build's progress lines as the operator reads them: every step, and cmake's
+    percentages (one a file compiled) only when they pass a tenth of the build."""
+
+    def __init__(self, say) -> None:
+        self.say = say
+        self.tenth: int | None = None
+
+    def __call__(self, line: str) -> None:
+        step = line.split(" (")[0]
+        if step.startswith("building llama-server") and step.endswith("%"):
+            tenth = int(step.rstrip("%").split()[-1]) // 10
+            if tenth == self.tenth:
+                return
+            self.tenth = tenth
+        self.say(f"  {line}", highlight=False)
+
+
 app = typer.Typer(name="llm", help="The local model server (llama.cpp's llama-server with a small GGUF model).")
 
 
@@ -26,13 +44,7 @@ def build(
 
     s = settings(ctx)
     started = time.monotonic()
-    last = [""]
-
-    def report(line: str) -> None:
-        # cmake's percentage repeats itself often: print a line only when it changes.
-        if not quiet and line.split(" (")[0] != last[0].split(" (")[0]:
-            console.print(f"  {line}", highlight=False)
-        last[0] = line
+    report = BuildProgress(console.print if not quiet else lambda *a, **k: None)
 
     binary = llm_server.binary(s)
     if s.llm_server.binary is None:
