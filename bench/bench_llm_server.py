@@ -19,6 +19,8 @@ Per level:
 - the server's resident memory: psutil RSS of the llama-server process, sampled every 0.1 s
   from its start to its stop, peak;
 - start: seconds from the process start to /health 200 (the model loaded);
+- server CPU: the server's CPU seconds over the level / wall seconds, in cores (at most
+  ``--threads`` plus a little): below that, the server was waiting for the CPU, not for work;
 - load: the 1-minute load average at the end of the level (the machine may be shared).
 
 The best answers/s is "the server's limit", which the pipeline is measured against.
@@ -64,7 +66,8 @@ MIB = 1024 * 1024
 
 
 def level_figures(
-    concurrency: int, latencies: list[float], seconds: float, tokens: float, rss_peak: int, start_seconds: float, load: float
+    concurrency: int, latencies: list[float], seconds: float, tokens: float, cpu_seconds: float,
+    rss_peak: int, start_seconds: float, load: float,
 ) -> dict[str, float]:
     """One level's row: rates over the wall ``seconds``, latencies in seconds, memory in MiB."""
     answers = len(latencies)
@@ -78,6 +81,7 @@ def level_figures(
         "latency_p50": percentile(latencies, 0.5),
         "latency_p95": percentile(latencies, 0.95),
         "latency_max": max(latencies),
+        "server_cpu_cores": cpu_seconds / seconds,
         "rss_peak_mib": rss_peak / MIB,
         "start_seconds": start_seconds,
         "load": load,
@@ -92,14 +96,15 @@ def best(rows: list[dict[str, float]]) -> dict[str, float]:
 def table(rows: list[dict[str, float]]) -> str:
     lines = [
         "| slots = concurrent requests | requests | answers/s | completion tokens/s | tokens/answer "
-        "| latency p50 | p95 | max | RSS peak | start to healthy | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| latency p50 | p95 | max | server CPU | RSS peak | start to healthy | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['concurrency']} | {r['requests']} | {r['answers_per_second']:.2f} | {r['tokens_per_second']:.0f} | "
             f"{r['tokens_per_answer']:.0f} | {r['latency_p50']:.2f} s | {r['latency_p95']:.2f} s | "
-            f"{r['latency_max']:.2f} s | {r['rss_peak_mib']:.0f} MiB | {r['start_seconds']:.1f} s | {r['load']:.2f} |"
+            f"{r['latency_max']:.2f} s | {r['server_cpu_cores']:.2f} cores | {r['rss_peak_mib']:.0f} MiB | "
+            f"{r['start_seconds']:.1f} s | {r['load']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -155,38 +160,53 @@ async def drive(backend: LocalBackend, prompts: list[str], concurrency: int) -> 
     return time.perf_counter() - started, latencies
 
 
-async def requests_on(settings: QactlSettings, concurrency: int, prompts: list[str], warmup: list[str]):
-    sampling = Sampling.from_settings(settings.llm)
-    base_url = f"{settings.llm_server.base_url}/v1"
-    async with LocalBackend(base_url, settings.llm_server.alias, settings.llm.timeout_seconds, sampling=sampling) as backend:
-        await drive(backend, warmup, concurrency)
-        before = probe(settings.llm_server.base_url).tokens_predicted
-        seconds, latencies = await drive(backend, prompts, concurrency)
-        after = probe(settings.llm_server.base_url).tokens_predicted
-    if before is None or after is None:
+def counters(settings: QactlSettings, server: psutil.Process) -> tuple[float, float]:
+    """(completion tokens generated so far, per the server's /metrics; its CPU seconds so far)."""
+    tokens = probe(settings.llm_server.base_url).tokens_predicted
+    if tokens is None:
         raise SystemExit("the server's /metrics did not give llamacpp:tokens_predicted_total")
-    return seconds, latencies, after - before
+    return tokens, sum(server.cpu_times()[:2])
 
 
-def run_level(state_dir: Path, concurrency: int, threads: int, prompts: list[str], warmup: list[str]) -> dict[str, float]:
+async def requests_on(
+    settings: QactlSettings, server: psutil.Process, concurrency: int, prompts: list[str], warmup: list[str]
+):
+    """(wall seconds, latencies, completion tokens, server CPU seconds) of the measured requests."""
+    sampling = Sampling.from_settings(settings.llm)
+    url, model, timeout = f"{settings.llm_server.base_url}/v1", settings.llm_server.alias, settings.llm.timeout_seconds
+    async with LocalBackend(url, model, timeout, sampling=sampling) as backend:
+        await drive(backend, warmup, concurrency)
+        tokens_before, cpu_before = counters(settings, server)
+        seconds, latencies = await drive(backend, prompts, concurrency)
+        tokens_after, cpu_after = counters(settings, server)
+    return seconds, latencies, tokens_after - tokens_before, cpu_after - cpu_before
+
+
+def run_level(
+    state_dir: Path, concurrency: int, threads: int, prompts: list[str], warmup: list[str]
+) -> dict[str, float]:
+    """One level on a server of its own, started and stopped through the runtime."""
     settings = server_settings(state_dir, concurrency, threads)
     supervisor = Supervisor(settings)
     spec = llm_server.process(settings)
     started = time.monotonic()
-    rss = PeakRss(supervisor.start(spec))
+    pid = supervisor.start(spec)
+    rss = PeakRss(pid)
     try:
         supervisor.wait_healthy(spec)
         start_seconds = time.monotonic() - started
-        seconds, latencies, tokens = asyncio.run(requests_on(settings, concurrency, prompts, warmup))
+        run = requests_on(settings, psutil.Process(pid), concurrency, prompts, warmup)
+        seconds, latencies, tokens, cpu_seconds = asyncio.run(run)
     finally:
         supervisor.stop(spec.name, timeout=spec.stop_timeout)
         peak = rss.stop()
-    return level_figures(concurrency, latencies, seconds, tokens, peak, start_seconds, os.getloadavg()[0])
+    load = os.getloadavg()[0]
+    return level_figures(concurrency, latencies, seconds, tokens, cpu_seconds, peak, start_seconds, load)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="levels; repeat one for its spread")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="levels (repeat one: its spread)")
     parser.add_argument("--requests", type=int, default=24, help="measured requests per level")
     parser.add_argument("--warmup", type=int, default=4, help="requests before each level, not counted")
     parser.add_argument("--threads", type=int, default=2, help="the server's CPU threads")
@@ -223,7 +243,8 @@ def main() -> None:
             print(
                 f"C={concurrency}: {r['answers_per_second']:.2f} answers/s, {r['tokens_per_second']:.0f} tokens/s, "
                 f"p50 {r['latency_p50']:.2f} s, p95 {r['latency_p95']:.2f} s, max {r['latency_max']:.2f} s, "
-                f"RSS peak {r['rss_peak_mib']:.0f} MiB, healthy after {r['start_seconds']:.1f} s (load {r['load']:.2f})",
+                f"server CPU {r['server_cpu_cores']:.2f} cores, RSS peak {r['rss_peak_mib']:.0f} MiB, "
+                f"healthy after {r['start_seconds']:.1f} s (load {r['load']:.2f})",
                 flush=True,
             )
     finally:

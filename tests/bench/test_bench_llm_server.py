@@ -19,8 +19,9 @@ def bench():
 
 
 def test_a_level_is_rates_over_its_wall_time_and_the_latency_spread(bench) -> None:
+    latencies = [1.0, 2.0, 3.0, 4.0]
     row = bench.level_figures(
-        2, [1.0, 2.0, 3.0, 4.0], seconds=8.0, tokens=120, rss_peak=220 * bench.MIB, start_seconds=1.5, load=0.7
+        2, latencies, seconds=8.0, tokens=120, cpu_seconds=12.0, rss_peak=220 * bench.MIB, start_seconds=1.5, load=0.7
     )
     assert row["answers_per_second"] == 0.5
     assert row["tokens_per_second"] == 15.0
@@ -28,12 +29,13 @@ def test_a_level_is_rates_over_its_wall_time_and_the_latency_spread(bench) -> No
     assert row["latency_p50"] == 2.5
     assert row["latency_p95"] == pytest.approx(3.85)
     assert row["latency_max"] == 4.0
+    assert row["server_cpu_cores"] == 1.5
     assert row["rss_peak_mib"] == 220.0
 
 
 def test_the_limit_is_the_level_with_most_answers_and_the_table_shows_every_level(bench) -> None:
     rows = [
-        bench.level_figures(c, [1.0] * n, seconds=10.0, tokens=30 * n, rss_peak=bench.MIB, start_seconds=1.0, load=1.0)
+        bench.level_figures(c, [1.0] * n, 10.0, tokens=30 * n, cpu_seconds=15.0, rss_peak=0, start_seconds=1.0, load=1.0)
         for c, n in ((1, 10), (2, 17), (4, 16))
     ]
     assert bench.best(rows)["concurrency"] == 2
