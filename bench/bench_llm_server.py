@@ -10,6 +10,7 @@ with the `Sampling` of the settings' `LLMSettings` (max tokens, temperature, see
 to the server (no gateway). The questions are the knowledge base's, in order (cycled if
 ``--requests`` is larger); C callers each send the next one as soon as their last is answered.
 A warm-up of ``--warmup`` requests (the knowledge base's last questions) runs first, not counted.
+A request has the pipeline's timeout (``llm.timeout_seconds``, 30 s; QACTL_LLM__TIMEOUT_SECONDS).
 
 Per level:
 - answers/s: requests / wall seconds from the first sent to the last answered;
@@ -57,7 +58,7 @@ from qactl.traffic.stats import percentile  # noqa: E402
 from services.common.knowledge_base import default_knowledge_base  # noqa: E402
 from services.common.prompts import build_prompt  # noqa: E402
 from services.common.settings import QactlSettings, load_settings  # noqa: E402
-from services.llm_consumer.backends import LocalBackend, Sampling  # noqa: E402
+from services.llm_consumer.backends import LLMCallError, LocalBackend, Sampling  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -236,19 +237,20 @@ def main() -> None:
           f"load average {conditions['load_before']:.2f} on {conditions['cpus']} CPUs", flush=True)  # fmt: skip
 
     rows = []
-    try:
-        for concurrency in args.concurrency:
+    for concurrency in args.concurrency:
+        try:
             rows.append(run_level(state_dir, concurrency, args.threads, prompts, warmup))
-            r = rows[-1]
-            print(
-                f"C={concurrency}: {r['answers_per_second']:.2f} answers/s, {r['tokens_per_second']:.0f} tokens/s, "
-                f"p50 {r['latency_p50']:.2f} s, p95 {r['latency_p95']:.2f} s, max {r['latency_max']:.2f} s, "
-                f"server CPU {r['server_cpu_cores']:.2f} cores, RSS peak {r['rss_peak_mib']:.0f} MiB, "
-                f"healthy after {r['start_seconds']:.1f} s (load {r['load']:.2f})",
-                flush=True,
-            )
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+        except LLMCallError as exc:
+            raise SystemExit(f"C={concurrency}: a request failed, {exc}; the server's log: {state_dir}/logs") from None
+        r = rows[-1]
+        print(
+            f"C={concurrency}: {r['answers_per_second']:.2f} answers/s, {r['tokens_per_second']:.0f} tokens/s, "
+            f"p50 {r['latency_p50']:.2f} s, p95 {r['latency_p95']:.2f} s, max {r['latency_max']:.2f} s, "
+            f"server CPU {r['server_cpu_cores']:.2f} cores, RSS peak {r['rss_peak_mib']:.0f} MiB, "
+            f"healthy after {r['start_seconds']:.1f} s (load {r['load']:.2f})",
+            flush=True,
+        )
+    shutil.rmtree(state_dir, ignore_errors=True)  # kept when something failed: its logs tell why
     top = best(rows)
     print()
     print(table(rows))
