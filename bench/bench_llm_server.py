@@ -24,7 +24,10 @@ Per level:
   ``--threads`` plus a little): below that, the server was waiting for the CPU, not for work;
 - load: the 1-minute load average at the end of the level (the machine may be shared).
 
-The best answers/s is "the server's limit", which the pipeline is measured against.
+The best answers/s is "the server's limit", which the pipeline is measured against. On a shared
+machine read the server CPU column first: llama.cpp's threads wait for each other at every step,
+so a server short of a core loses far more than its share (a level at 1 core of 2 ran at a
+quarter of the speed of one at 1.7), and that level measured the other work, not the server.
 
     python bench/bench_llm_server.py                        # C = 1 2 4, 24 requests each
     python bench/bench_llm_server.py --concurrency 2 2      # the same level twice: the spread
