@@ -41,7 +41,11 @@ def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
     }
     if "QACTL_CACHE_DIR" in os.environ:  # the shared jar cache
         values["cache_dir"] = os.environ["QACTL_CACHE_DIR"]
-    values.update(overrides)
+    for key, value in overrides.items():  # a section given in part keeps the test ports of the rest
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
     # Validated, not loaded: neither the developer's QACTL_* variables nor ./qactl.toml apply.
     return QactlSettings.model_validate(values)
 

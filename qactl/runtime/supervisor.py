@@ -87,6 +87,13 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
+def _same_start(now: float | None, recorded: object) -> bool:
+    """psutil derives a start time from the boot time, which the kernel recomputes from the wall
+    clock: two reads of one process can differ by a second when the clock was adjusted between
+    them. A pid reused within that second is the one case this lets through."""
+    return now is not None and isinstance(recorded, (int, float)) and abs(now - recorded) <= 1.0
+
+
 def _is_alive(pid: int) -> bool:
     """A zombie (exited, not yet reaped) counts as gone."""
     try:
@@ -148,7 +155,7 @@ class Supervisor:
         if record is None:
             return ProcessState(name, running=False, pid=None)
         pid = int(record["pid"])
-        alive = _start_time(pid) == record.get("start_time") and _is_alive(pid)
+        alive = _same_start(_start_time(pid), record.get("start_time")) and _is_alive(pid)
         return ProcessState(name, running=alive, pid=pid)
 
     def is_running(self, name: str) -> bool:

@@ -215,7 +215,11 @@ class LlmServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 11436
-    slots: int = Field(default=2, description="Requests the server decodes at once (continuous batching).")
+    slots: int = Field(
+        default=4,
+        description="Requests the server decodes at once (continuous batching); 4 measured fastest "
+        "on 2 cores (bench/bench_llm_server.py).",
+    )
     threads: int = Field(default=2, description="CPU threads for inference.")
     context_per_slot: int = Field(default=2048, description="Context window of each slot, in tokens.")
     model_path: Path | None = Field(

@@ -65,5 +65,5 @@ def test_the_narration_shows_hops_policies_and_the_demo_profile(cli: QactlSettin
     assert "POST /query -> 202" in text
     assert "policy: overload policy: 2^0 s x 0.05 (demo profile: shortened) = 0.05 s" in text
     assert "policy: overload policy: 2^1 s x 0.05 (demo profile: shortened) = 0.1 s" in text
-    assert "waited" in text and "> threshold 0.75: validated" in text
+    assert "waited" in text and "> threshold 0.6: validated" in text
     assert "overload: the expected path happened" in text

@@ -174,6 +174,18 @@ def test_a_reused_pid_is_not_mistaken_for_ours(supervisor: Supervisor) -> None:
     assert alive(os.getpid())
 
 
+def test_a_start_time_read_a_moment_apart_is_still_ours(supervisor: Supervisor) -> None:
+    # The boot time behind psutil's start time moves with the wall clock: a second apart is ours.
+    import psutil
+
+    started = psutil.Process(os.getpid()).create_time()
+    supervisor.run_dir.mkdir(parents=True, exist_ok=True)
+    supervisor.pid_file("me").write_text(json.dumps({"pid": os.getpid(), "start_time": started - 0.9}))
+    assert supervisor.state("me").running
+    supervisor.pid_file("me").write_text(json.dumps({"pid": os.getpid(), "start_time": started - 60}))
+    assert not supervisor.state("me").running
+
+
 def test_a_service_sees_the_configuration_it_is_given_not_the_callers_variables(
     supervisor: Supervisor, settings: QactlSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -93,7 +93,7 @@ def health(spec: ProcessSpec) -> httpx.Response:
 
 def test_outcomes_become_rows_and_cache_entries(storage_settings: QactlSettings, persister: ProcessSpec) -> None:
     validated_topic, validated = scored(llm_answer("validated", attempt=1, earlier_scores=(0.52,)), 0.88, storage_settings)
-    low_topic, low = scored(llm_answer("low", attempt=3, earlier_scores=(0.4, 0.5, 0.6)), 0.61, storage_settings)
+    low_topic, low = scored(llm_answer("low", attempt=3, earlier_scores=(0.4, 0.5, 0.58)), 0.55, storage_settings)
     failed = dead_letter("failed")
     assert (validated_topic, low_topic) == (topics.VALIDATED.name, topics.LOW_QUALITY.name)
     produce_models(storage_settings, validated_topic, [validated])
@@ -112,7 +112,7 @@ def test_outcomes_become_rows_and_cache_entries(storage_settings: QactlSettings,
     assert query(storage_settings, "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",
                  validated.question_id) == [(0, 0.52), (1, 0.88)]
     assert query(storage_settings, "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",
-                 low.question_id) == [(0, 0.4), (1, 0.5), (2, 0.6), (3, 0.61)]
+                 low.question_id) == [(0, 0.4), (1, 0.5), (2, 0.58), (3, 0.55)]
     stages = {row[0] for row in query(storage_settings, "SELECT stage FROM processing_metrics WHERE question_id = %s",
                                       validated.question_id)}
     assert stages == {"queued", "generating", "scoring", "regenerating", "total"}
