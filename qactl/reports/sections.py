@@ -126,6 +126,33 @@ def regeneration(conn: psycopg2.extensions.connection, threshold: float) -> Sect
     return section
 
 
+# What each model reached, in the pipeline's own answers: a degrade fault's answers carry the
+# fault's name as their model, so no canned text counts for the real model.
+BY_MODEL = """
+SELECT coalesce(model, 'unknown')                                         AS model,
+       coalesce(backend, '')                                              AS backend,
+       count(*)                                                           AS questions,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY score)                 AS median_final_score,
+       count(*) FILTER (WHERE status = 'validated' AND attempt = 0)       AS validated_first_try,
+       count(*) FILTER (WHERE status = 'validated' AND attempt > 0)       AS validated_after_regeneration,
+       count(*) FILTER (WHERE status = 'low_quality')                     AS low_quality
+FROM responses WHERE source = 'pipeline'
+GROUP BY 1, 2 ORDER BY questions DESC, model
+"""
+
+
+def by_model(conn: psycopg2.extensions.connection, threshold: float) -> Section:
+    columns = [
+        "model", "backend", "questions", "median_final_score",
+        "validated_first_try", "validated_after_regeneration", "low_quality",
+    ]
+    section = Section("by_model", f"what each model's stored answers reached (threshold {threshold:g})", columns)
+    section.rows = [[_round(r[c], 4) for c in columns] for r in _fetch(conn, BY_MODEL)]
+    if not section.rows:
+        section.note = f"{NOT_MEASURED}: no answer of the pipeline is stored"
+    return section
+
+
 def regeneration_outcomes(conn: psycopg2.extensions.connection) -> Section:
     rows = _fetch(
         conn,
@@ -337,6 +364,7 @@ def collect(
             elif name == "regeneration":
                 found.append(regeneration(conn, threshold))
                 found.append(regeneration_outcomes(conn))
+                found.append(by_model(conn, threshold))
             elif name == "throughput":
                 found.append(throughput(conn))
             elif name == "baseline":

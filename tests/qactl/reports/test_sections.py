@@ -79,7 +79,8 @@ def by_name(settings: QactlSettings, *names: str) -> dict[str, object]:
 def test_every_section_says_not_measured_on_an_empty_database(empty: QactlSettings) -> None:
     sections = collect(empty.postgres.url, 0.75)
     assert [s.name for s in sections] == [
-        "latency", "errors", "regeneration", "regeneration_outcomes", "throughput", "baseline", "comparison",
+        "latency", "errors", "regeneration", "regeneration_outcomes", "by_model", "throughput", "baseline",
+        "comparison",
     ]
     for section in sections:
         assert section.rows == [], section.name
@@ -110,6 +111,12 @@ def test_score_change_per_attempt(filled: QactlSettings) -> None:
     outcomes = sections["regeneration_outcomes"]
     pipeline = [r for r in outcomes.rows if r[0] == "pipeline"]
     assert [r[1] for r in pipeline] == [0, 1]
+
+
+def test_what_each_model_reached_counts_only_the_pipelines_answers(filled: QactlSettings) -> None:
+    (row,) = by_name(filled, "regeneration")["by_model"].rows  # the imported answer is not counted
+    # q1 validated at once (0.90), q2 validated after one regeneration (0.80); no model recorded.
+    assert row == ["unknown", "", 2, 0.85, 1, 1, 0]
 
 
 def test_throughput_and_success_rate_from_the_ledger(filled: QactlSettings) -> None:
