@@ -26,7 +26,12 @@ default concurrency; it is taken down (and its state removed) at the end. In ord
 5. perceived latency while the model is saturated: during that window a separate sender posts
    new unique questions to ``POST /query`` at ``--sender-rate`` for ``--sender-seconds``; p50/p99
    of the time to the 202, as the client saw it.
-6. resident memory of the model server: psutil RSS, sampled every 0.1 s over the whole run, peak.
+6. the server's limit again, right after the window: the llm-consumers stopped (the rest of the
+   stack up, the backlog left in Kafka), the server idle, the same requests as in 2. The machine
+   may be shared: the ratio is given against both limits, and so is the rate per CPU-second of
+   the server (answers or calls / the server's CPU seconds), the comparison other work on the
+   machine disturbs least.
+7. resident memory of the model server: psutil RSS, sampled every 0.1 s over the whole run, peak.
 
 The backlog is not drained at the end (the stack and its state are removed): the figures are
 those of the window. Targets (issue 11): pipeline >= 95 % of the server's limit; POST /query
@@ -226,13 +231,41 @@ async def sender(settings: QactlSettings, tag: str, rate: float, seconds: float)
     return latencies, other
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds so far of a process and its children (Flink's Python workers, PostgreSQL's backends)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            total += sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return total
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far per component of the stack (its processes and their children)."""
+    found: dict[str, float] = {}
+    for component in stack.components:
+        for spec in component.processes():
+            pid = stack.supervisor.state(spec.name).pid
+            if pid is not None:
+                found[component.name] = found.get(component.name, 0.0) + tree_cpu(pid)
+    return found
+
+
 def pending_lag(settings: QactlSettings) -> int:
     lag = kafka_admin.consumer_group_lag(settings.kafka.bootstrap, GROUP)
     return sum(v for (topic, _), v in lag.items() if topic == topics.QUESTIONS_PENDING.name)
 
 
-def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.Namespace) -> dict[str, Any]:
+def backlog_run(stack: Stack, server: psutil.Process, args: argparse.Namespace) -> dict[str, Any]:
     """Steps 4 and 5: the backlog, the counting window and the sender inside it."""
+    settings = stack.settings
     gateway = GatewayClient.from_settings(settings)
     gateway.clear_faults()
     run = secrets.token_hex(3)
@@ -252,6 +285,7 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
     tokens_at: dict[str, float] = {}
     sender_result: dict[str, Any] = {}
     sender_task = None
+    busy_slots: list[tuple[float, float]] = []
     loop = asyncio.new_event_loop()
     deadline = time.monotonic() + args.settle + args.window + 60
     while time.monotonic() < deadline:
@@ -263,6 +297,7 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
             window["start"] = now + args.settle
         if "start" in window and now >= window["start"] and "cpu" not in cpu_at:
             cpu_at["cpu"] = sum(server.cpu_times()[:2])
+            components_before = stack_cpu(stack)
             tokens_at["start"] = probe(settings.llm_server.base_url).tokens_predicted or 0.0
             window["start"] = now
             # The sender starts with the window, in a thread of its own (its own event loop).
@@ -271,6 +306,8 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
                 None, lambda: asyncio.run(sender(settings, f"s{run}", args.sender_rate, args.sender_seconds))
             )
         if "cpu" in cpu_at:
+            state = probe(settings.llm_server.base_url)  # requests in the server's slots, and queued
+            busy_slots.append((state.requests_processing or 0.0, state.requests_deferred or 0.0))
             lag = pending_lag(settings)
             if lag == 0 or now - window["start"] >= args.window:
                 window["end"] = now
@@ -281,6 +318,7 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
     else:
         raise SystemExit("no LLM call reached the gateway in time: see the logs under the state dir")
     cpu_seconds = sum(server.cpu_times()[:2]) - cpu_at["cpu"]
+    components_after = stack_cpu(stack)
     tokens_end = probe(settings.llm_server.base_url).tokens_predicted or 0.0
     if sender_task is not None:
         latencies, other = loop.run_until_complete(sender_task)
@@ -292,7 +330,13 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
         samples, sent_from, min(window["end"], sent_from + args.sender_seconds + 1)
     )
     gateway.close()
+    span = window["end"] - window["start"]
+    cores = {name: (components_after.get(name, 0.0) - used) / span for name, used in components_before.items()}
     return {
+        "components_cores": cores,
+        "slots_busy_mean": sum(b for b, _ in busy_slots) / len(busy_slots),
+        "slots_full_share": sum(1 for b, _ in busy_slots if b >= settings.llm_server.slots) / len(busy_slots),
+        "deferred_mean": sum(d for _, d in busy_slots) / len(busy_slots),
         "backlog": len(backlog), "backlog_202_ms": backlog_202, "first_call_after": first_call - posted_at,
         "rate": rate, "seconds": seconds, "calls": calls, "ended_by": window["ended_by"],
         "lag_at_end": window["lag_at_end"], "server_cpu_cores": cpu_seconds / seconds,
@@ -301,6 +345,18 @@ def backlog_run(settings: QactlSettings, server: psutil.Process, args: argparse.
         "rate_during_sender": sender_rate, "sender_window": sender_window,
         "sender_202_ms": sender_result.get("latencies", []), "sender_other": sender_result.get("other", 0),
     }  # fmt: skip
+
+
+def stop_consumers(stack: Stack) -> None:
+    """Stop the llm-consumers (nothing else), then wait until the model server has no request."""
+    for spec in stack.component("llm-consumer").processes():
+        stack.supervisor.stop(spec.name, timeout=spec.stop_timeout)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = probe(stack.settings.llm_server.base_url)
+        if not state.requests_processing and not state.requests_deferred:
+            return
+        time.sleep(0.5)
 
 
 def top_cpu(exclude: set[int], count: int = 6) -> str:
@@ -378,9 +434,17 @@ def main() -> None:
 
         print(f"\n--- the pipeline under a backlog of {args.backlog} ---", flush=True)
         backlog_load_before = load()
-        busy = backlog_run(settings, server, args)
+        busy = backlog_run(stack, server, args)
         backlog_load_after = load()
         print("busiest processes at the end of the window:\n" + top_cpu(set()), flush=True)
+        # The limit again, on the same server right after the window (consumers stopped, the
+        # rest of the stack up): the machine is shared, so the ratio is given against both.
+        stop_consumers(stack)
+        after = server_limit(settings, server, args.limit_requests, 4)
+        after_load = load()
+        print(f"server limit after the window (consumers stopped): {after['answers_per_second']:.2f} answers/s, "
+              f"{after['tokens_per_second']:.0f} tokens/s, {len(after['failures'])} failed, server CPU "
+              f"{after['server_cpu_cores']:.2f} cores; {after_load}", flush=True)  # fmt: skip
         rss_peak = rss.stop()
         rss = None
     except BaseException:
@@ -396,6 +460,13 @@ def main() -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
 
     ratio = busy["rate"] / limit["answers_per_second"]
+    ratio_after = busy["rate"] / after["answers_per_second"]
+    # Per CPU-second of the server: the comparison the machine's other work disturbs least.
+    per_cpu = {
+        "before": limit["answers_per_second"] / limit["server_cpu_cores"],
+        "pipeline": busy["rate"] / busy["server_cpu_cores"],
+        "after": after["answers_per_second"] / after["server_cpu_cores"],
+    }
     p = busy["sender_202_ms"]
     b = busy["backlog_202_ms"]
     fmt = lambda v: "-" if v is None else f"{v:.1f} ms"  # noqa: E731
@@ -409,7 +480,13 @@ def main() -> None:
           f"{busy['calls']} calls; ended by {busy['ended_by']}, lag then {busy['lag_at_end']}) "
           f"| {busy['rate']:.2f} calls/s, {busy['tokens_per_second']:.0f} tokens/s | | "
           f"server CPU {busy['server_cpu_cores']:.2f} cores; {backlog_load_before} before, {backlog_load_after} after |")
-    print(f"| pipeline / server limit | {ratio:.0%} | >= 95 % | |")
+    print(f"| server limit again after the window (consumers stopped; {after['requests']} answered, "
+          f"{len(after['failures'])} failed) | {after['answers_per_second']:.2f} answers/s, "
+          f"{after['tokens_per_second']:.0f} tokens/s | | server CPU {after['server_cpu_cores']:.2f} cores; {after_load} |")
+    print(f"| pipeline / server limit (before; after) | {ratio:.0%}; {ratio_after:.0%} | >= 95 % | see the CPU column |")
+    print(f"| answers (calls) per server CPU-second: limit before / pipeline / limit after "
+          f"| {per_cpu['before']:.2f} / {per_cpu['pipeline']:.2f} / {per_cpu['after']:.2f} "
+          f"({per_cpu['pipeline'] / max(per_cpu['before'], per_cpu['after']):.0%} of the better limit) | | |")
     print(f"| pipeline calls/s while the sender posted ({busy['sender_window']:.0f} s) | {busy['rate_during_sender']:.2f} | | |")
     print(f"| POST /query 202, sender {args.sender_rate:g}/s for {args.sender_seconds:g} s during the window "
           f"({len(p)} x 202, {busy['sender_other']} other) | p50 {fmt(percentile(p, 0.5))}, p99 {fmt(percentile(p, 0.99))}, "
@@ -421,6 +498,12 @@ def main() -> None:
     print(f"| qactl up, first in a fresh state dir (caches warm) | {first_up:.1f} s | | {conditions['load_before']} before |")
     print(f"| qactl up, warm (down then up) | {warm_up:.1f} s | | |")
     print(f"| sync-baseline run | see the table above | | {traffic_load_before} before, {traffic_load_after} after |")
+    print(f"| slots busy in the window (the server's /metrics requests_processing, 1 s samples) "
+          f"| mean {busy['slots_busy_mean']:.2f} of {limit['slots']}, all {limit['slots']} busy in "
+          f"{busy['slots_full_share']:.0%} of samples, queued mean {busy['deferred_mean']:.2f} | | |")
+    print("| CPU in the window, cores per component | "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(busy["components_cores"].items(), key=lambda kv: -kv[1]))
+          + " | | the bench process itself not included |")
     print(f"\nfirst LLM call {busy['first_call_after']:.1f} s after the backlog's first post; completion tokens over "
           f"the backlog run {busy['tokens_total']:.0f}; at the end {load()}")
 
