@@ -91,6 +91,16 @@ WHERE q.question_id = %s
 
 # Connection-level failures: the server is down, restarting or unreachable.
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# SQLSTATE classes of an OperationalError that are the server's state, not the row's: connection
+# (08), insufficient resources (53), operator intervention such as a shutdown (57), system (58).
+# libpq's own failures (refused, reset) carry no SQLSTATE. Other classes, e.g. 54 "index row
+# requires 16440 bytes", are about this one row: waiting for them would hold the partition forever.
+_SERVER_STATE_CLASSES = ("08", "53", "57", "58")
+
+
+def _server_down(exc: BaseException) -> bool:
+    code = getattr(exc, "pgcode", None)
+    return code is None or code[:2] in _SERVER_STATE_CLASSES
 
 
 class Writer:
@@ -149,6 +159,8 @@ class Writer:
                 with conn.cursor() as cur:
                     return self._write(cur, outcome)
         except _TRANSIENT as exc:
+            if not _server_down(exc):
+                raise Unstorable(str(exc).strip()) from exc
             self._down(exc)
             raise  # unreachable: _down raises
         except (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.ProgrammingError) as exc:

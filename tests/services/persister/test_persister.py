@@ -266,3 +266,23 @@ def test_postgres_stopped_and_restarted_mid_stream_loses_nothing(
         wait_until(lambda: state_of(storage_settings, message.question_id) == "validated", 60, "after the outage")
     assert all(counts(storage_settings, m.question_id)["responses"] == 1 for m in before + during)
     wait_until(lambda: health(persister).status_code == 200, 15, "health ok again")
+
+
+def test_a_question_that_normalises_past_a_btree_entry_is_stored_and_holds_nothing(
+    storage_settings: QactlSettings, persister: ProcessSpec
+) -> None:
+    # 2,000 characters (the API's limit) of U+FDFA, which NFKC expands to 18 characters each: the
+    # normalised question is ~100 KB, past the 8,191 bytes a btree index entry may take. Before
+    # migration 0003 its insert failed with "index row requires ... bytes", which the persister
+    # took for PostgreSQL being down: it held the partition, and every later answer on it, for ever.
+    base = llm_answer("long")
+    text = "\ufdfa" * 2000
+    long = base.model_copy(update={"question": text, "question_id": question_id_for(text)})
+    topic, message = scored(long, 0.9, storage_settings)
+    after_topic, after = scored(llm_answer("after the long one"), 0.9, storage_settings)
+    produce_models(storage_settings, topic, [message])
+    produce_models(storage_settings, after_topic, [after])
+    for question_id in (message.question_id, after.question_id):
+        wait_until(lambda: state_of(storage_settings, question_id) == "validated", 30, f"{question_id} stored")
+    assert scalar(storage_settings, "SELECT length(normalized_question) FROM responses WHERE question_id = %s",
+                  message.question_id) == 2000 * 18
