@@ -61,12 +61,6 @@ KEEP_STACKS = os.environ.get("QACTL_TEST_KEEP_STACK") == "1"
 def infra_stack() -> Iterator[QactlSettings]:
     """Kafka, Flink, PostgreSQL and Redis up for the whole session; down at the end."""
     settings = test_settings()
-    if not KEEP_STACKS:
-        # A fresh state each session: Kafka's topics and PostgreSQL's rows from an earlier run on
-        # this machine (CI runs on the same machine again and again) must not decide this one.
-        from qactl.runtime.stack import Stack
-
-        Stack(settings, only=INFRA).down(purge=True)
     with running(settings, INFRA, keep=KEEP_STACKS):
         yield settings
 
