@@ -73,6 +73,7 @@ from services.common.prompts import build_prompt  # noqa: E402
 from services.common.settings import QactlSettings  # noqa: E402
 from services.llm_consumer.backends import LLMCallError, LocalBackend, Sampling  # noqa: E402
 from services.llm_consumer.consumer import GROUP  # noqa: E402
+from tests.stack import port_layout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -83,18 +84,7 @@ MIB = 1024 * 1024
 
 def stack_values(base: int, state_dir: str) -> dict[str, Any]:
     """The settings sections of the bench's stack: tests/stack.py's port layout, the local model."""
-    return {
-        "state_dir": state_dir,
-        "kafka": {"port": base + 92, "controller_port": base + 93},
-        "flink": {"rest_port": base + 81, "rpc_port": base + 123},
-        "postgres": {"port": base + 432},
-        "redis": {"port": base + 379},
-        "api": {"port": base + 1},
-        "gateway": {"port": base + 435},
-        "llm_server": {"port": base + 436},
-        "services": {"metrics_base_port": base + 300},
-        "llm": {"backend": "local"},
-    }
+    return {**port_layout(base, state_dir), "llm": {"backend": "local"}}
 
 
 def environment(values: dict[str, Any], prefix: str = "QACTL_") -> dict[str, str]:

@@ -25,11 +25,10 @@ def port_base() -> int:
     return int(os.environ.get("QACTL_TEST_PORT_BASE", "26000"))
 
 
-def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
-    """Settings on the test port range; every port derives from ``base``."""
-    base = port_base() if base is None else base
-    values: dict[str, Any] = {
-        "state_dir": os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-test-{base}"),
+def port_layout(base: int, state_dir: str) -> dict[str, Any]:
+    """Every port of a stack of its own, derived from ``base`` (the tests', and the benches')."""
+    return {
+        "state_dir": state_dir,
         "kafka": {"port": base + 92, "controller_port": base + 93},
         "flink": {"rest_port": base + 81, "rpc_port": base + 123},
         "postgres": {"port": base + 432},
@@ -39,6 +38,12 @@ def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
         "llm_server": {"port": base + 436},
         "services": {"metrics_base_port": base + 300},
     }
+
+
+def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
+    """Settings on the test port range; every port derives from ``base``."""
+    base = port_base() if base is None else base
+    values = port_layout(base, os.environ.get("QACTL_TEST_STATE_DIR", f"/tmp/qactl-test-{base}"))
     if "QACTL_CACHE_DIR" in os.environ:  # the shared jar cache
         values["cache_dir"] = os.environ["QACTL_CACHE_DIR"]
     for key, value in overrides.items():  # a section given in part keeps the test ports of the rest
