@@ -8,13 +8,12 @@ vendored llama.cpp, run with ``--metrics``) answered.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from tests.services.llm_gateway.server import free_port
+from tests.services.llm_gateway.server import serving
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 
@@ -68,11 +67,5 @@ def running(fake: FakeLlamaServer) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
