@@ -21,6 +21,9 @@ class Experiment:
     description: str
     fault: Fault
     ci: bool = False  # in the subset the test suite runs on every CI run
+    # A gateway rule during the traffic until the fault is restored, so that work flows through
+    # the part the fault hits (a retry service sees nothing while the LLM answers every call).
+    background: FaultRule | None = None
 
     def hold_seconds(self, time_scale: float) -> float:
         """How long the fault is held before it is restored, at this run's time scale."""
@@ -38,8 +41,8 @@ class Experiment:
         }[type(self.fault)]
 
 
-def _kill(process: str, what: str, ci: bool = False) -> Experiment:
-    return Experiment(f"kill-{process}", f"kill -9 {what} with questions in flight", Kill(process), ci=ci)
+def _kill(process: str, what: str, ci: bool = False, background: FaultRule | None = None) -> Experiment:
+    return Experiment(f"kill-{process}", f"kill -9 {what} with questions in flight", Kill(process), ci=ci, background=background)
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
@@ -48,8 +51,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     _kill("flink-taskmanager", "the Flink TaskManager (its Python worker is left to its fate)"),
     _kill("storage-api", "the storage API"),
     _kill("llm-consumer", "one llm-consumer replica", ci=True),
-    _kill("retry-overload", "the overload retry service"),
-    _kill("retry-quota", "the quota retry service"),
+    _kill("retry-overload", "the overload retry service (a third of the LLM calls answered 503)", background=FaultRule(kind="503", rate=0.33)),
+    _kill("retry-quota", "the quota retry service (a third of the LLM calls answered 402)", background=FaultRule(kind="402", rate=0.33)),
     _kill("persister", "the persister", ci=True),
     _kill("llm-gateway", "the LLM gateway"),
     _kill("llm-server", "the local model server (only when the stack runs it)"),

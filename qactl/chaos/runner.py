@@ -27,7 +27,7 @@ from qactl.chaos.experiments import Experiment
 from qactl.chaos.faults import FaultContext, FaultNotApplicable
 from qactl.client import pg
 from qactl.client.gateway import GatewayClient
-from qactl.errors import QactlError
+from qactl.errors import QactlError, StackNotRunning
 from qactl.runtime.stack import Stack
 from qactl.traffic import questions as question_sets
 from qactl.traffic.runner import RunResult, run_async
@@ -120,12 +120,17 @@ def run_experiment(
     result = ExperimentResult(experiment.name, state="running")
     try:
         experiment.fault.check(ctx)
+        if experiment.background is not None:
+            ctx.spec("llm-gateway")
     except FaultNotApplicable as exc:
         result.state = "skipped"
         result.fault = str(exc)
         say("skipped", str(exc))
         return result
-    _ready(stack, say)
+    _ready(stack)
+    if experiment.background is not None:
+        with ctx.gateway() as gateway:
+            gateway.add_rule(experiment.background)
     dsn = settings.postgres.url
     result.run_id = store.start(dsn, experiment.name, experiment.description, options.questions, options.rate)
     tag = f"chaos{secrets.token_hex(4)}"
@@ -166,13 +171,12 @@ def run_experiment(
     return result
 
 
-def _ready(stack: Stack, say: Callable[[str, str], None]) -> None:
-    """The stack healthy and the gateway without rules before the experiment (an earlier one may
-    have left it broken): `qactl up` when it is not."""
+def _ready(stack: Stack) -> None:
+    """The stack healthy and the gateway without rules before the experiment: an experiment on
+    a broken stack would judge the breakage, not the fault."""
     bad = stack_checks.unhealthy(stack)
     if bad:
-        say("prepare", f"not healthy before the experiment ({'; '.join(bad)}): qactl up")
-        stack.up()
+        raise StackNotRunning(f"the stack is not healthy ({'; '.join(bad)}); `qactl up` first")
     if any(c.name == "llm-gateway" for c in stack.components):
         with GatewayClient.from_settings(stack.settings) as gateway:
             gateway.clear_faults()
@@ -191,11 +195,16 @@ def _fault_and_recover(
 ) -> None:
     dsn = settings.postgres.url
     # A third of the questions sent: some answered, some in flight, more to come during the fault.
-    traffic.thread.join(timeout=options.questions / 3 / options.rate)
+    sending = Deadline(options.questions / options.rate)
+    traffic.thread.join(timeout=sending.seconds / 3)
     try:
         conn = pg.connect(dsn, timeout=3.0, application_name=store.APP)
+        conn.set_session(autocommit=True)
         try:
-            result.in_flight_at_fault = invariant.open_questions(conn, tag)
+            # A fast LLM may have answered all so far: wait (while sending) for one in flight.
+            result.in_flight_at_fault = poll_until(
+                lambda: invariant.open_questions(conn, tag), timeout=max(sending.left(), 0.0), interval=0.1
+            )
         finally:
             conn.close()
     except Exception as exc:  # the count is evidence, not a precondition
@@ -212,6 +221,9 @@ def _fault_and_recover(
             time.sleep(hold)
     finally:
         restored_by = experiment.fault.restore(ctx)
+        if experiment.background is not None:
+            with ctx.gateway() as gateway:
+                gateway.clear_faults()
     restored_at = _now()
     if restored_by:
         say("restore", restored_by)

@@ -84,7 +84,8 @@ def run(
 ) -> None:
     """Run experiments one after another on the running stack; exit 1 on any violation."""
     from qactl.chaos.experiments import select
-    from qactl.chaos.runner import RunOptions, run_experiment
+    from qactl.chaos.runner import ExperimentResult, RunOptions, run_experiment
+    from qactl.errors import StackNotRunning
     from qactl.runtime.stack import Stack
 
     chosen = select(experiments)
@@ -94,9 +95,16 @@ def run(
     def say(experiment: str, phase: str, detail: str) -> None:
         console.print(f"[bold]{experiment}[/] [cyan]{phase}[/] {detail}", highlight=False)
 
-    results = []
+    results: list[ExperimentResult] = []
     for experiment in chosen:
-        results.append(run_experiment(current, experiment, options, say, stack=Stack(current)))
+        try:
+            results.append(run_experiment(current, experiment, options, say, stack=Stack(current)))
+        except StackNotRunning as exc:
+            if not results:
+                raise  # nothing ran: the one-line error says why
+            # An earlier experiment left the stack broken (and `qactl up` could not mend it).
+            results.append(ExperimentResult(experiment.name, state="error", violations=[str(exc)]))
+            say(experiment.name, "error", str(exc))
     console.print(results_table(results))
     failed = [r for r in results if not r.ok]
     for r in failed:
