@@ -42,4 +42,12 @@ def leftover_processes(stack: Stack) -> list[str] | None:
     leftovers = getattr(Supervisor, "leftovers", None)
     if leftovers is None:
         return None
-    return [str(p) for p in leftovers(stack.supervisor)]
+    return [_describe(p) for p in leftovers(stack.supervisor)]
+
+
+def _describe(leftover: object) -> str:
+    """'persister (pid 123): python -m ...' from the supervisor's ``Leftover``."""
+    process, pid, command = (getattr(leftover, k, None) for k in ("process", "pid", "command"))
+    if process is None:
+        return str(leftover)
+    return f"{process} (pid {pid}): {str(command or '')[:120]}"
