@@ -233,8 +233,19 @@ def _fault_and_recover(
     )
     if still_bad:
         say("recover", f"not healthy {options.recover_seconds:.0f} s after the fault ({'; '.join(still_bad)}): qactl up")
-        stack.up()
-        result.recovered_by = "qactl up"
+        try:
+            stack.up()
+        except QactlError as exc:
+            # What a user would see; the stack may still heal (a job restarting): wait once more.
+            failure = str(exc).splitlines()[0]
+            result.violations.append(f"qactl up failed after the fault: {failure}")
+            say("recover", f"qactl up failed: {failure}")
+            still_bad = poll_until(
+                lambda: stack_checks.unhealthy(stack), timeout=options.recover_seconds, interval=1.0, done=lambda bad: not bad
+            )
+        else:
+            still_bad = []
+        result.recovered_by = "qactl up" if not still_bad else "not recovered"
     else:
         result.recovered_by = restored_by or "supervisor"
     result.recover_seconds = round(clock.elapsed(), 1)
