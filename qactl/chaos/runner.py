@@ -220,10 +220,7 @@ def _fault_and_recover(
             say("fault", f"held {hold:.0f} s")
             time.sleep(hold)
     finally:
-        restored_by = experiment.fault.restore(ctx)
-        if experiment.background is not None:
-            with ctx.gateway() as gateway:
-                gateway.clear_faults()
+        restored_by = _restore(experiment, ctx, result, say)
     restored_at = _now()
     if restored_by:
         say("restore", restored_by)
@@ -253,6 +250,21 @@ def _fault_and_recover(
     say("recover", f"healthy again after {result.recover_seconds:.0f} s ({result.recovered_by})")
     store.update(dsn, result.run_id, phase="settle", recover_seconds=result.recover_seconds, recovered_by=result.recovered_by)
     result.fault_window = (fault_at, recovered_at)
+
+
+def _restore(experiment: Experiment, ctx: FaultContext, result: ExperimentResult, say: Callable[[str, str], None]) -> str | None:
+    """Undo the fault (and the background rule); a restoration that fails is a finding, and the
+    recovery that follows gets its chance."""
+    try:
+        if experiment.background is not None:
+            with ctx.gateway() as gateway:
+                gateway.clear_faults()
+        return experiment.fault.restore(ctx)
+    except QactlError as exc:
+        failure = str(exc).splitlines()[0]
+        result.violations.append(f"restoring ({experiment.restored_by}) failed: {failure}")
+        say("restore", f"failed: {failure}")
+        return None
 
 
 def _settle_and_check(
