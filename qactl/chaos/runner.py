@@ -247,7 +247,10 @@ def _fault_and_recover(
         result.recovered_by = restored_by or "supervisor"
     result.recover_seconds = round(clock.elapsed(), 1)
     recovered_at = _now()
-    say("recover", f"healthy again after {result.recover_seconds:.0f} s ({result.recovered_by})")
+    if result.recovered_by == "not recovered":
+        say("recover", f"still not healthy {result.recover_seconds:.0f} s after the fault")
+    else:
+        say("recover", f"healthy again after {result.recover_seconds:.0f} s ({result.recovered_by})")
     store.update(dsn, result.run_id, phase="settle", recover_seconds=result.recover_seconds, recovered_by=result.recovered_by)
     result.fault_window = (fault_at, recovered_at)
 
