@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qactl.client.gateway import GatewayClient
@@ -25,10 +24,9 @@ class FaultNotApplicable(QactlError):
 
 @dataclass
 class FaultContext:
-    """What a fault acts on; ``sleep`` is how it holds (the runner's, so a run can be observed)."""
+    """What a fault acts on: the stack, through its supervisor and the gateway's admin API."""
 
     stack: Stack
-    sleep: Callable[[float], None]
     frozen_pids: list[int] = field(default_factory=list)  # what a Freeze must thaw
 
     @property

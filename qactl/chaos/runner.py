@@ -116,7 +116,7 @@ def run_experiment(
 ) -> ExperimentResult:
     stack = stack or Stack(settings)
     say = lambda phase, detail: events(experiment.name, phase, detail)  # noqa: E731
-    ctx = FaultContext(stack, time.sleep)
+    ctx = FaultContext(stack)
     result = ExperimentResult(experiment.name, state="running")
     try:
         experiment.fault.check(ctx)
