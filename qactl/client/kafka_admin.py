@@ -179,3 +179,10 @@ def consumer_group_lag(
         for tp, future in client.list_offsets(request, request_timeout=timeout).items()
     }
     return {(tp.topic, tp.partition): max(0, ends[(tp.topic, tp.partition)] - tp.offset) for tp in committed}
+
+
+def consumer_groups(bootstrap: str, timeout: float = 5.0, client: AdminClient | None = None) -> list[str]:
+    """The ids of every consumer group the cluster knows."""
+    client = client or admin(bootstrap, timeout)
+    listing = client.list_consumer_groups(request_timeout=timeout).result(timeout)
+    return sorted(g.group_id for g in listing.valid)

@@ -315,6 +315,11 @@ def status_line(snapshot: Snapshot | None, refresh_seconds: float, paused: bool 
     if snapshot.shortened_delays:
         line.append(" │ ")
         line.append(f"demo delays ×{snapshot.delay_scale:g}", style="yellow")
+    if snapshot.chaos is not None:
+        run = snapshot.chaos
+        line.append(" │ ")
+        in_flight = f", {run.in_flight_at_fault} in flight at the fault" if run.in_flight_at_fault is not None else ""
+        line.append(f"chaos: {run.experiment} ({run.phase}{in_flight})", style="bold magenta")
     if snapshot.errors:
         line.append(" │ ")
         line.append("unreachable: " + ", ".join(sorted(snapshot.errors)), style="bold red")

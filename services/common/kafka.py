@@ -31,6 +31,10 @@ def make_producer(settings: QactlSettings, client_id: str, **overrides: Any) -> 
     return Producer(config)
 
 
+# A consumer that does not poll for this long leaves its group (`qactl chaos` outlasts it on purpose).
+MAX_POLL_INTERVAL_MS = 300_000
+
+
 def make_consumer(
     settings: QactlSettings, group_id: str, subscribe: list[str], client_id: str | None = None, **overrides: Any
 ) -> Consumer:
@@ -44,7 +48,7 @@ def make_consumer(
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 1000,
-        "max.poll.interval.ms": 300000,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         **overrides,
     }
     consumer = Consumer(config)

@@ -201,6 +201,10 @@ async def _call(
         headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
         state.record(endpoint, question, rule.kind, started)
         return JSONResponse(body, status_code=status, headers=headers)
+    if rule is not None and rule.kind == "hang":
+        # The LLM hung: the connection is accepted and nothing comes back until the rules are cleared.
+        state.record(endpoint, question, "hang", started)
+        await state.faults.held()
     if rule is not None and rule.kind == "timeout":
         # Counted now: the client gives up long before the stall ends. Then answer normally.
         state.record(endpoint, question, "timeout", started)

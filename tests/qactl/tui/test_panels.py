@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qactl.client.llm_server import ModelServerState
-from qactl.dashboard.model import LlmState, RegenerationOutcomes, histogram, score_edges
+from qactl.dashboard.model import ChaosRun, LlmState, RegenerationOutcomes, histogram, score_edges
 from qactl.tui import panels
 from services.common.backend_choice import LlmRoute
 from tests.qactl.tui.conftest import render_text
@@ -179,3 +179,10 @@ def test_journey_without_hops_says_so():
     from qactl.dashboard.model import Journey
 
     assert "no hops recorded" in render_text(panels.journey(Journey("q-x", ()), 0.75))
+
+
+def test_status_line_names_the_chaos_experiment_under_way():
+    quiet = panels.status_line(recorded_snapshot(), 1.0).plain
+    assert "chaos" not in quiet
+    running = replace(recorded_snapshot(), chaos=ChaosRun(3, "kill-persister", "fault", T0, 7))
+    assert "chaos: kill-persister (fault, 7 in flight at the fault)" in panels.status_line(running, 1.0).plain

@@ -130,6 +130,23 @@ def test_timeout_stalls_past_the_client_timeout_then_answers(gateway: RunningGat
     assert gateway.stats()["by_outcome"]["timeout"] == 2
 
 
+def test_hang_holds_every_call_until_the_rules_are_cleared(gateway: RunningGateway, kb: KnowledgeBase) -> None:
+    """The LLM hung: connections accepted, nothing answered, however long the client waits."""
+    import concurrent.futures
+
+    gateway.inject(kind="hang", rate=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        ask_openai(gateway, timeout=1.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(ask_openai, gateway, QUESTION, 30.0)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            held.result(timeout=1.5)  # still held
+        with gateway.admin() as admin:
+            admin.delete("/admin/faults").raise_for_status()
+        assert held.result(timeout=10) in kb.lookup(QUESTION).paraphrases  # type: ignore[union-attr]
+    assert gateway.stats()["by_outcome"]["hang"] == 2
+
+
 def test_degrade_answers_off_topic(gateway: RunningGateway, kb: KnowledgeBase) -> None:
     entry = kb.lookup(QUESTION)
     assert entry is not None
