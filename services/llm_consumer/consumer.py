@@ -56,7 +56,7 @@ from services.common.schemas import (
     encode,
     utcnow,
 )
-from services.common.settings import QactlSettings
+from services.common.settings import Policies, QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
@@ -137,9 +137,10 @@ def outcome_for(
     backend: str,
     default_model: str,
     max_answer_chars: int = 8000,
-    threshold: float = 0.6,
+    threshold: float = Policies.model_fields["quality_threshold"].default,
 ) -> tuple[str, BaseModel, Hop, str]:
-    """(topic, payload, hop, outcome label) for a finished call."""
+    """(topic, payload, hop, outcome label) for a finished call; ``threshold`` is recorded with a
+    best answer kept when a regeneration fails for good."""
     now = utcnow()
     question = job.question
     for earlier in job.hops:  # generating, stamped when the call started
