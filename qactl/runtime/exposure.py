@@ -13,6 +13,9 @@ address; what happens then depends on what stands between the network and the co
   pipeline's entry point: anyone who reaches it can ask questions and read answers by id),
   ``llm-gateway`` (the admin API needs the generated token; the LLM endpoints need none).
 
+``allow_unauthenticated_listeners = true`` lets the refused ones listen (with a warning line):
+for a network of their own, such as a container network.
+
 External endpoints are not bound by qactl and are not checked.
 """
 
@@ -79,9 +82,17 @@ def exposures(settings: QactlSettings) -> list[Exposure]:
 
 
 def check(settings: QactlSettings) -> list[str]:
-    """Raise ``ConfigError`` for a refused exposure; return the warning lines of the allowed ones."""
+    """Raise ``ConfigError`` for a refused exposure; return the warning lines of the allowed ones.
+
+    ``allow_unauthenticated_listeners`` (for a network of its own, such as containers') turns
+    each refusal into a warning line that says so."""
     found = exposures(settings)
     refused = [e for e in found if e.refused]
-    if refused:
-        raise ConfigError(refused[0].line())
-    return [e.line() for e in found]
+    if refused and not settings.allow_unauthenticated_listeners:
+        raise ConfigError(f"{refused[0].line()} (allow_unauthenticated_listeners=true lets it)")
+    return [
+        f"{e.component} listens on {e.host} ({e.setting}) with {e.why}, allowed by allow_unauthenticated_listeners"
+        if e.refused
+        else e.line()
+        for e in found
+    ]

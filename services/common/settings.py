@@ -305,6 +305,12 @@ class QactlSettings(BaseSettings):
     llm_server: LlmServerSettings = LlmServerSettings()
     gateway: GatewaySettings = GatewaySettings()
     services: ServicesSettings = ServicesSettings()
+    # --- the doors (qactl/runtime/exposure.py)
+    allow_unauthenticated_listeners: bool = Field(
+        default=False,
+        description="Let Kafka, Flink and the model server listen beyond loopback without "
+        "authentication (a private container network, e.g.); otherwise `qactl up` refuses.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -94,6 +94,12 @@ def test_an_unauthenticated_listener_beyond_loopback_is_refused(settings: QactlS
         Stack(exposed)
 
 
+def test_an_explicit_opt_in_lets_an_unauthenticated_listener_out_with_a_warning(settings: QactlSettings) -> None:
+    exposed = load_settings(kafka={"host": "0.0.0.0"}, llm={"backend": "simulated"}, allow_unauthenticated_listeners=True)
+    (line,) = exposure.check(exposed)
+    assert "kafka listens on 0.0.0.0" in line and "allow_unauthenticated_listeners" in line
+
+
 def test_the_model_server_beyond_loopback_is_refused_only_when_it_runs(settings: QactlSettings) -> None:
     local = load_settings(state_dir=settings.state_dir, llm={"backend": "local"}, llm_server={"host": "0.0.0.0"})
     with pytest.raises(ConfigError, match="llm-server"):
