@@ -101,6 +101,7 @@ def up(
         current = demo_profile(current)
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
     stack = _stack(current, only)
+    _warn_exposed(current)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
@@ -111,6 +112,14 @@ def up(
     else:
         console.print(f"[green]Started:[/] {', '.join(result.started)}")
     _print_endpoints(stack)
+
+
+def _warn_exposed(current: QactlSettings) -> None:
+    """One loud line per listener beyond loopback that `up` allows (the others it refuses)."""
+    from qactl.runtime import exposure
+
+    for line in exposure.check(current):
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 def demo_profile(settings: QactlSettings) -> QactlSettings:

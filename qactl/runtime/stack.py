@@ -23,12 +23,16 @@ def declared_components(settings: QactlSettings) -> list[Component]:
     """Every component in start order; `qactl down` walks this list backwards.
 
     ``llm.backend = "auto"`` is resolved here, once: every component, and every child through
-    its settings file, then works with the same concrete backend.
+    its settings file, then works with the same concrete backend and the same credentials.
     """
-    from qactl.runtime import flink, kafka, llm_server, postgres, redis, score_job, services
+    from qactl.runtime import credentials, exposure, flink, kafka, llm_server, postgres, redis, score_job, services
     from services.common.backend_choice import resolved
 
-    settings = resolved(settings)
+    # The doors: a private state dir, the stack's credentials in every component's settings
+    # (made once per state dir), and no listener beyond loopback that nothing authenticates.
+    credentials.make_private(settings)
+    settings = resolved(credentials.with_stored(settings, create=True))
+    exposure.check(settings)
     return [
         *kafka.components(settings),
         *flink.components(settings),

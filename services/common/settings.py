@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -125,10 +126,19 @@ class PostgresSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 5432
     database: str = "qactl"
-    user: str = "qactl"
+    user: str = Field(
+        default="qactl", description="The application role: owns the database, is not a superuser."
+    )
     run_as: str = Field(
         default="postgres", description="Unprivileged OS user that runs the server when qactl is root."
     )
+    # --- credentials (qactl/runtime/credentials.py): unset means generated at the first `qactl up`
+    # and kept under <state_dir>/secrets (0600); a value given here wins.
+    password: SecretStr | None = Field(default=None, description="The application role's password.")
+    admin_user: str = Field(
+        default="postgres", description="The cluster's superuser, used by qactl only (roles, database)."
+    )
+    admin_password: SecretStr | None = Field(default=None, description="The superuser's password.")
 
     @property
     def external(self) -> bool:
@@ -136,9 +146,22 @@ class PostgresSettings(BaseModel):
 
     @property
     def url(self) -> str:
+        """The application's DSN (the external one as given), password included: never print it."""
         if self.dsn is not None:
             return self.dsn.get_secret_value()
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return _postgres_url(self.user, self.password, self.host, self.port, self.database)
+
+    @property
+    def admin_url(self) -> str:
+        """The superuser's DSN to the ``postgres`` database of the cluster qactl runs."""
+        return _postgres_url(self.admin_user, self.admin_password, self.host, self.port, "postgres")
+
+
+def _postgres_url(user: str, password: SecretStr | None, host: str, port: int, database: str) -> str:
+    login = quote(user, safe="")
+    if password is not None:
+        login += ":" + quote(password.get_secret_value(), safe="")
+    return f"postgresql://{login}@{host}:{port}/{database}"
 
 
 class RedisSettings(BaseModel):
@@ -148,6 +171,8 @@ class RedisSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 6379
     cache_ttl_seconds: int = 7 * 24 * 3600
+    # --- credentials: unset means generated at the first `qactl up` (see PostgresSettings).
+    password: SecretStr | None = Field(default=None, description="requirepass of the Redis qactl runs.")
 
     @property
     def external(self) -> bool:
@@ -155,7 +180,11 @@ class RedisSettings(BaseModel):
 
     @property
     def connection_url(self) -> str:
-        return self.url.get_secret_value() if self.url is not None else f"redis://{self.host}:{self.port}/0"
+        """The URL clients use (the external one as given), password included: never print it."""
+        if self.url is not None:
+            return self.url.get_secret_value()
+        login = "" if self.password is None else ":" + quote(self.password.get_secret_value(), safe="") + "@"
+        return f"redis://{login}{self.host}:{self.port}/0"
 
 
 class ApiSettings(BaseModel):
@@ -241,7 +270,9 @@ class GatewaySettings(BaseModel):
     seed: int = 42
     latency_ms_min: float = 0.0
     latency_ms_max: float = 0.0
-    admin_token: SecretStr = SecretStr("qactl-dev-token")
+    # --- credentials: unset means generated at the first `qactl up` (see PostgresSettings);
+    # without a token the admin API (fault injection) refuses every request.
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token of the admin API.")
     upstream_url: str | None = Field(
         default=None, description="A real Ollama/OpenAI-compatible LLM to sit in front of."
     )
@@ -274,6 +305,12 @@ class QactlSettings(BaseSettings):
     llm_server: LlmServerSettings = LlmServerSettings()
     gateway: GatewaySettings = GatewaySettings()
     services: ServicesSettings = ServicesSettings()
+    # --- the doors (qactl/runtime/exposure.py)
+    allow_unauthenticated_listeners: bool = Field(
+        default=False,
+        description="Let Kafka, Flink and the model server listen beyond loopback without "
+        "authentication (a private container network, e.g.); otherwise `qactl up` refuses.",
+    )
 
     @classmethod
     def settings_customise_sources(
