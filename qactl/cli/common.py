@@ -34,12 +34,15 @@ class CliContext:
 
     @property
     def settings(self) -> QactlSettings:
-        """The CLI's one settings object: the global options, env, the config file, defaults."""
+        """The CLI's one settings object: the global options, env, the config file, defaults,
+        and over them the topology the stack of this state dir was given (`qactl up --brokers`,
+        `qactl scale`; ``qactl.runtime.topology``)."""
         if self._settings is None:
+            from qactl.runtime import topology
             from services.common.settings import load_settings
 
             overrides = {} if self.state_dir is None else {"state_dir": self.state_dir}
-            self._settings = load_settings(self.config, **overrides)
+            self._settings = topology.apply(load_settings(self.config, **overrides))
         return self._settings
 
 
