@@ -98,6 +98,18 @@ def server_properties(settings: QactlSettings, node: int = NODE_ID) -> str:
         voters = ",".join(f"{n}@{k.host}:{k.broker_controller_port(n)}" for n in node_ids(settings))
         quorum = {"controller.quorum.voters": voters}
     rep = replication(settings)
+    failover: dict[str, object] = {}
+    if k.brokers > 1:
+        # A broker killed outright is fenced after this session timeout, and only then do its
+        # partitions get a new leader: 9 s by default, longer than the storage API waits for an
+        # acknowledgement (5 s) before it answers 503. 3 s with a heartbeat every 0.5 s keeps a
+        # failover inside it; the quorum notices a dead controller as quickly.
+        failover = {
+            "broker.session.timeout.ms": 3000,
+            "broker.heartbeat.interval.ms": 500,
+            "controller.quorum.fetch.timeout.ms": 1500,
+            "controller.quorum.election.timeout.ms": 750,
+        }
     lines = {
         "process.roles": "broker,controller",
         "node.id": node,
@@ -122,6 +134,7 @@ def server_properties(settings: QactlSettings, node: int = NODE_ID) -> str:
         # A broker back from a crash takes its partitions' leadership back once in sync.
         "auto.leader.rebalance.enable": "true",
         "leader.imbalance.check.interval.seconds": 30,
+        **failover,
         # Consumers of a fresh group start at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": 0,
         "log.retention.hours": 168,

@@ -179,3 +179,23 @@ def test_journey_without_hops_says_so():
     from qactl.dashboard.model import Journey
 
     assert "no hops recorded" in render_text(panels.journey(Journey("q-x", ()), 0.75))
+
+
+def test_consumer_lag_shows_which_member_holds_which_partition_and_a_rebalance() -> None:
+    from rich.console import Console
+
+    from qactl.dashboard.model import GroupLag
+    from qactl.tui.panels import consumer_lag
+
+    def shown(*lags: GroupLag) -> str:
+        console = Console(width=60, record=True)
+        console.print(consumer_lag(replace(recorded_snapshot(), lags=lags), width=60))
+        return console.export_text()
+
+    assignment = (("llm-consumer-1", (0, 1)), ("llm-consumer-2", (2,)))
+    assert "×2 1:0,1 2:2" in shown(GroupLag("llm-consumer", "questions-pending", 4, 2, "stable", assignment))
+    assert "preparingrebalance (3 members)" in shown(
+        GroupLag("llm-consumer", "questions-pending", 4, 3, "preparingrebalance", assignment)
+    )
+    # A group of one keeps listing its topics.
+    assert "validated-responses" in shown(GroupLag("persister", "validated-responses", 0, 1, "stable"))
