@@ -22,7 +22,9 @@ of making a one-partition topic.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -350,6 +352,26 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
     return [process(settings, node) for node in node_ids(settings)]
 
 
+def stop_together(settings: QactlSettings, supervisor: Supervisor, report: Report) -> None:
+    """SIGTERM to every broker at once before `down` waits for each in turn.
+
+    One after the other, each controlled shutdown waits for a quorum that the previous stops
+    have thinned out (about a minute each on this box); together they take one such wait.
+    """
+    if settings.kafka.brokers == 1:
+        return
+    running = [name for name in process_names(settings) if supervisor.is_running(name)]
+    for name in running:
+        pid = supervisor.state(name).pid
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGTERM)  # its own session: the broker's group is its pid
+            except ProcessLookupError:
+                continue
+    if running:
+        report(f"stopping {', '.join(running)} together")
+
+
 def components(settings: QactlSettings) -> list[Component]:
     k = settings.kafka
     if k.external:
@@ -370,6 +392,7 @@ def components(settings: QactlSettings) -> list[Component]:
             processes=lambda: processes(settings),
             provision=lambda report: provision(settings, report),
             after_start=lambda report: create_topics(settings, report),
+            before_stop=lambda report: stop_together(settings, supervisor, report),
             endpoint=k.bootstrap,
         )
     ]

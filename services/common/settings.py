@@ -196,6 +196,11 @@ class ApiSettings(BaseModel):
     port: int = 5001
     max_body_bytes: int = 16 * 1024
     max_question_chars: int = 2000
+    kafka_delivery_timeout_ms: int | None = Field(
+        default=None,
+        description="How long POST /query waits for Kafka's acknowledgement before answering 503; "
+        "default 5000 with one broker, 15000 with several (a failover must fit in it).",
+    )
 
     @property
     def base_url(self) -> str:

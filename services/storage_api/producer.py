@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 
 # The producer gives up on a message after this long; the API answers 503 and the client retries.
 DELIVERY_TIMEOUT_MS = 5000
+# With several brokers (or an external cluster) a partition whose leader died is led again only
+# after the controller fenced the dead broker (3 s on ours, more on a loaded machine or a managed
+# cluster): a message waits for that rather than being refused.
+CLUSTER_DELIVERY_TIMEOUT_MS = 15000
+
+
+def delivery_timeout_ms(settings: QactlSettings) -> int:
+    if settings.api.kafka_delivery_timeout_ms is not None:
+        return settings.api.kafka_delivery_timeout_ms
+    single = settings.kafka.brokers == 1 and not settings.kafka.external
+    return DELIVERY_TIMEOUT_MS if single else CLUSTER_DELIVERY_TIMEOUT_MS
 
 
 class KafkaUnavailable(Exception):
@@ -60,7 +71,7 @@ class AsyncProducer:
                 "linger.ms": 2,
                 # Small produce requests pipelined on one connection: no Nagle delay between them.
                 "socket.nagle.disable": True,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                "message.timeout.ms": delivery_timeout_ms(self._settings),
                 "socket.connection.setup.timeout.ms": 2000,
                 "reconnect.backoff.max.ms": 1000,
                 "error_cb": self._on_error,
