@@ -58,6 +58,11 @@ class AsyncProducer:
         self._producer: Producer | None = None
         self._stop = threading.Event()
         self.health = KafkaHealth(False, "not checked yet", 0.0)
+        # Failed probes in a row, and how many make Kafka "known down": on one broker the first
+        # says it; on several, one metadata request may time out on the broker that just died
+        # while the others serve, so it takes three (3 s) before POST /query refuses at once.
+        self._failed_probes = 0
+        self._down_after = 1 if settings.kafka.brokers == 1 and not settings.kafka.external else 3
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
 
@@ -85,7 +90,7 @@ class AsyncProducer:
 
     @property
     def known_down(self) -> bool:
-        return not self.health.ok and self.health.checked_at > 0
+        return not self.health.ok and self.health.checked_at > 0 and self._failed_probes >= self._down_after
 
     async def send(self, message: BaseModel, key: str) -> None:
         """Produce ``message`` and wait for the broker's acknowledgement."""
@@ -145,12 +150,14 @@ class AsyncProducer:
                 )
         except KafkaException as exc:
             self.health = KafkaHealth(False, f"unreachable: {exc.args[0].str() if exc.args else exc}", time.monotonic())
+        self._failed_probes = 0 if self.health.ok else self._failed_probes + 1
         return self.health
 
     def _on_error(self, err: KafkaError) -> None:
         # A single dropped connection is routine (librdkafka reconnects); all brokers down is not.
         if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
             self.health = KafkaHealth(False, f"unreachable: {err.str()}", time.monotonic())
+            self._failed_probes = max(self._failed_probes, self._down_after)
         log.warning("kafka: %s", err.str())
 
 

@@ -29,7 +29,7 @@ from services.common.settings import QactlSettings
 from services.llm_consumer.consumer import GROUP as LLM_GROUP
 from tests.integration.test_pipeline_e2e import assert_each_terminal_exactly_once, tagged
 from tests.services.pipeline import wait_terminal
-from tests.stack import port_base, test_settings
+from tests.stack import KEEP_STACKS, port_base, test_settings
 
 FULL = os.environ.get("QACTL_TEST_CLUSTER_FULL") == "1"
 full_only = pytest.mark.skipif(not FULL, reason="heavy cluster test: QACTL_TEST_CLUSTER_FULL=1")
@@ -61,7 +61,10 @@ def cluster() -> Iterator[QactlSettings]:
             question, reference, _ = tagged(0)
             wait_terminal(api, api.submit(question, reference).question_id, timeout=600)
         yield settings
-    finally:
+    except BaseException:
+        Stack(topology.apply(settings)).down()
+        raise
+    if not KEEP_STACKS:
         Stack(topology.apply(settings)).down()
 
 
