@@ -4,7 +4,10 @@ traffic, resident memory, and the warm start of `qactl up --profile cluster`. Pr
 The stack is the cluster profile (3 brokers, 2 TaskManagers with 3 slots each) started by the
 same runtime as `qactl up --profile cluster`, with the gateway's simulator answering after
 800-5000 ms (uniform; the original plan's LLM latency), on its own ports
-(``QACTL_BENCH_PORT_BASE``, default 25000) and state dir.
+(``QACTL_BENCH_PORT_BASE``, default 25000) and state dir; a cluster stack already running there is
+used as it is (its gateway restarted with the bench's latency), e.g. the one the cluster tests
+leave with ``QACTL_TEST_KEEP_STACK=1`` (``QACTL_BENCH_PORT_BASE=<test base + 500>
+QACTL_BENCH_STATE_DIR=/tmp/qactl-test-<test base + 500>``).
 
 1. Throughput, K = 1, 2, 3 llm-consumer replicas (`qactl scale`'s code): a burst of
    ``--questions`` distinct questions through POST /query; questions that reached a terminal state
@@ -202,6 +205,10 @@ def main() -> None:
     settings = bench_settings()
     topology.save(settings)
     print(f"first up (cold or warm): {timed_up(settings):.0f} s", flush=True)
+    # A stack left running (e.g. the cluster tests' with QACTL_TEST_KEEP_STACK=1): its gateway
+    # must answer with this bench's latency.
+    Stack(settings, only=["llm-gateway"]).down()
+    Stack(settings, only=["llm-gateway"]).up()
     print("\n| K | questions | terminal | seconds | questions/s | ideal K x 8 / 2.9 s | partitions used |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for replicas in (1, 2, 3):
