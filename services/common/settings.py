@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,14 +85,40 @@ class KafkaSettings(BaseModel):
     controller_port: int = 9093
     version: str = "4.1.1"
     heap_mb: int = 512
+    brokers: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Brokers qactl starts (KRaft, each broker also a controller). Broker n listens on "
+        "port + 2(n-1) and controller_port + 2(n-1). Topics get replication factor min(3, brokers), "
+        "and min.insync.replicas 2 from 3 brokers on.",
+    )
+
+    @model_validator(mode="after")
+    def _ports_do_not_overlap(self) -> "KafkaSettings":
+        if self.brokers > 1 and (self.controller_port - self.port) % 2 == 0:
+            raise ValueError(
+                "kafka.port and kafka.controller_port must differ by an odd number with several "
+                "brokers (broker n uses port + 2(n-1) and controller_port + 2(n-1))"
+            )
+        return self
 
     @property
     def external(self) -> bool:
         return self.bootstrap_servers is not None
 
+    def broker_port(self, node_id: int) -> int:
+        return self.port + 2 * (node_id - 1)
+
+    def broker_controller_port(self, node_id: int) -> int:
+        return self.controller_port + 2 * (node_id - 1)
+
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.host}:{self.port}"
+        """Every broker's address, so that a client still connects while one broker is down."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.host}:{self.broker_port(n)}" for n in range(1, self.brokers + 1))
 
 
 class FlinkSettings(BaseModel):
@@ -102,7 +128,14 @@ class FlinkSettings(BaseModel):
     host: str = "127.0.0.1"
     rest_port: int = 8081
     rpc_port: int = 6123
+    taskmanagers: int = Field(default=1, ge=1, le=9, description="TaskManagers qactl starts.")
     taskmanager_slots: int = 2
+    job_parallelism: int | None = Field(
+        default=None,
+        description="Parallelism of the score job; default: 1 with one TaskManager, else "
+        "llm-responses-success's partitions (the cluster profile gives each TaskManager as many "
+        "slots, so one TaskManager can run the whole job after the other is lost).",
+    )
     jobmanager_process_mb: int = 1024
     taskmanager_process_mb: int = 2560
     connector_version: str = "5.0.0-2.2"
@@ -192,6 +225,11 @@ class ApiSettings(BaseModel):
     port: int = 5001
     max_body_bytes: int = 16 * 1024
     max_question_chars: int = 2000
+    kafka_delivery_timeout_ms: int | None = Field(
+        default=None,
+        description="How long POST /query waits for Kafka's acknowledgement before answering 503; "
+        "default 5000 with one broker, 15000 with several (a failover must fit in it).",
+    )
 
     @property
     def base_url(self) -> str:
@@ -283,7 +321,11 @@ class GatewaySettings(BaseModel):
 
 
 class ServicesSettings(BaseModel):
-    llm_consumer_replicas: int = 2
+    # Replicas of the consumer services (`qactl scale <service> N` changes them while running).
+    llm_consumer_replicas: int = Field(default=2, ge=0, le=10)
+    persister_replicas: int = Field(default=1, ge=0, le=10)
+    retry_overload_replicas: int = Field(default=1, ge=0, le=10)
+    retry_quota_replicas: int = Field(default=1, ge=0, le=10)
     # Each pipeline process serves /metrics and /health on metrics_base_port + its slot.
     metrics_base_port: int = 9300
 
