@@ -325,7 +325,11 @@ def test_a_process_that_keeps_dying_is_given_up_visibly(quick_restarts: Supervis
     supervisor.wait_healthy(spec)
     broken.touch()  # from now on every restart exits at once
     os.kill(pid, signal.SIGKILL)
-    state = _wait(lambda: (s := supervisor.state("flaky")).phase == "gave-up" and s, 60, "the keeper to give up")
+    def given_up():
+        state = supervisor.state("flaky")
+        return state.phase == "gave-up" and state.keeper_pid is None and state  # said so, and ended
+
+    state = _wait(given_up, 60, "the keeper to give up")
     assert not state.running and state.keeper_pid is None
     assert state.restarts == 3 and state.exit_code == 2
     assert "exit 2; gave up after 3 restarts in a row" in supervisor.log_file("flaky").read_text()
