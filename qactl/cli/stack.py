@@ -20,6 +20,7 @@ from qactl.errors import QactlError
 if TYPE_CHECKING:
     from qactl.client.llm_server import ModelServerState
     from qactl.runtime.stack import ComponentStatus, Stack
+    from qactl.runtime.supervisor import ProcessState
     from services.common.backend_choice import LlmRoute
     from services.common.settings import QactlSettings
 
@@ -38,6 +39,7 @@ _PHASE_STYLE = {
     "external": "[cyan]external[/]",
     "failed": "[red]failed[/]",
     "stopped": "[dim]stopped[/]",
+    "cleaned": "[yellow]cleaned[/]",
 }
 
 OnlyOption = Annotated[
@@ -224,7 +226,7 @@ def down(
 def _say_down(component: str, phase: str, detail: str) -> None:
     if phase == "stopping":
         console.print(f"  stopping {detail}")
-    elif phase == "setup":
+    elif phase in ("setup", "cleaned"):
         console.print(f"  {detail}")
     elif phase == "failed":
         console.print(f"  [yellow]{component}: {detail}[/]")
@@ -311,13 +313,41 @@ def _status_dict(status: ComponentStatus) -> dict[str, object]:
         "endpoint": status.endpoint,
         "detail": status.health.detail,
         "health": dict(status.health.data),
-        "processes": [{"name": p.name, "running": p.running, "pid": p.pid} for p in status.processes],
+        "processes": [
+            {
+                "name": p.name,
+                "running": p.running,
+                "pid": p.pid,
+                "keeper_pid": p.keeper_pid,
+                "phase": p.phase,
+                "restarts": p.restarts,
+                "last_exit": p.last_exit,
+            }
+            for p in status.processes
+        ],
     }
+
+
+def restarts_cell(processes: list[ProcessState]) -> str:
+    """Restarts per process, with the last exit when there was one, and what the keeper is doing."""
+    parts = []
+    for p in processes:
+        text = str(p.restarts)
+        if p.last_exit is not None and (p.restarts or p.phase != "running"):
+            text += f" (last: {p.last_exit})"
+        if p.phase == "gave-up":
+            text = f"[red]gave up after {p.restarts}[/] (last: {p.last_exit})"
+        elif p.phase == "restarting":
+            text += " [yellow]restarting[/]"
+        elif p.phase == "unowned":
+            text += " [yellow]no keeper[/]"
+        parts.append(f"{p.name}: {text}" if len(processes) > 1 else text)
+    return ", ".join(parts) or "-"
 
 
 def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
     table = Table(box=None, padding=(0, 1))
-    for column in ("component", "state", "pid", "endpoint", "health"):
+    for column in ("component", "state", "pid", "restarts", "endpoint", "health"):
         table.add_column(column)
     for s in statuses:
         if s.external:
@@ -329,7 +359,7 @@ def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
         else:
             state = "[red]down[/]"
         pids = ",".join(str(p.pid) for p in s.processes if p.running) or "-"
-        table.add_row(s.name, state, pids, s.endpoint or "-", s.health.detail)
+        table.add_row(s.name, state, pids, restarts_cell(s.processes), s.endpoint or "-", s.health.detail)
     return table
 
 

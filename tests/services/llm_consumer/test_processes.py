@@ -50,7 +50,8 @@ def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(stack_
             watch.wait_for(
                 lambda seen: ids <= {s.message.question_id for s in seen}, 90, "an answer for every question"
             )
-            assert not supervisor.is_running(victim.name)
+            # Its keeper restarted it (the survivor may have redone its calls first, or it did).
+            assert supervisor.state(victim.name).restarts == 1
         calls = gateway.stats()["total"]
     answered = [s.message.question_id for s in watch.seen if s.message.question_id in ids]
     assert set(answered) == ids
