@@ -8,7 +8,8 @@ probe (*half-open*): its success closes the breaker, its failure opens it for an
 So a hung Redis costs at most one timeout per cool-down, not one per message.
 
 The state and the counts are exported in ``/metrics`` (``qactl_redis_breaker_*``, labelled with
-the breaker's name); the storage API's ``RedisView`` keeps the same state in the same class.
+the breaker's name; the Flink job registers them as Flink gauges instead, ``flink/job.py``); the
+storage API's ``RedisView`` keeps the same state in the same class.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._opened = False
         self.detail = "not used yet"
+        # The same counts as the Prometheus metrics, for processes that export their own way (Flink).
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "trips": 0}
         OPEN.labels(name).set(0)
 
     @property
@@ -69,6 +72,7 @@ class CircuitBreaker:
             now = self._clock()
             if now < self._open_until:
                 CALLS.labels(self.name, "skipped").inc()
+                self.counts["skipped"] += 1
                 return False
             # Half-open: this caller probes; others keep skipping until it reports.
             self._open_until = now + self.cooldown_seconds
@@ -77,6 +81,7 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         with self._lock:
             CALLS.labels(self.name, "ok").inc()
+            self.counts["ok"] += 1
             if self._opened:
                 log.info("redis answers again (%s): calls resume", self.name)
             self._opened, self._open_until, self.detail = False, 0.0, "ok"
@@ -85,8 +90,10 @@ class CircuitBreaker:
     def failed(self, detail: str) -> None:
         with self._lock:
             CALLS.labels(self.name, "failed").inc()
+            self.counts["failed"] += 1
             if not self._opened:
                 TRIPS.labels(self.name).inc()
+                self.counts["trips"] += 1
                 log.warning(
                     "redis unavailable (%s): %s; calls skipped, tried again every %.1f s",
                     self.name, detail, self.cooldown_seconds,

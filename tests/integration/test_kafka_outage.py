@@ -25,9 +25,10 @@ from qactl.client.api import StorageApiClient
 from qactl.client.gateway import GatewayClient
 from qactl.errors import QactlError
 from qactl.runtime.stack import Stack
+from flink.gate import JobConfig, QualityGate
 from flink.routing import route
 from services.common import topics
-from services.common.schemas import LLMAnswer, ScoredAnswer, question_id_for
+from services.common.schemas import LLMAnswer, ScoredAnswer, encode, question_id_for
 from services.common.settings import QactlSettings
 from tests.services.pipeline import produce_models, terminal_rows, wait_until
 from tests.stack import KEEP_STACKS, running, test_settings
@@ -192,6 +193,27 @@ def _validated(settings: QactlSettings, count: int) -> list[ScoredAnswer]:
     return answers
 
 
+class FixedScorer:
+    """Stands in for the BERTScore model (not for any system): every answer scores 0.99."""
+
+    def score(self, answers: list[str], references: list[str]) -> list[float]:
+        return [0.99] * len(answers)
+
+
+def _score_one_at_a_time_in_the_flink_gate(settings: QactlSettings, count: int) -> dict[str, int]:
+    """The Flink job's gate (its Redis use: one status hop per answer), one answer per batch."""
+    config = JobConfig.from_settings(settings)
+    gate = QualityGate(config, scorer=FixedScorer())
+    try:
+        for answer in _validated(settings, count):
+            llm_answer = LLMAnswer(**answer.model_dump(exclude={"score", "threshold", "scored_at", "scores"}))
+            ((topic, _, _),) = gate.process_batch([encode(llm_answer).decode()])
+            assert topic == topics.VALIDATED.name
+        return dict(gate.status.breaker.counts)
+    finally:
+        gate.close()
+
+
 def test_a_hung_redis_is_skipped_after_one_timeout_and_questions_still_end_once(stack: QactlSettings) -> None:
     settings = stack
     redis_pid = Stack(settings).supervisor.state("redis").pid
@@ -207,6 +229,7 @@ def test_a_hung_redis_is_skipped_after_one_timeout_and_questions_still_end_once(
             answers = _validated(settings, 30)
             produce_models(settings, topics.VALIDATED.name, answers)  # each one a cache write in the persister
             expected = {**{qid: ["failed"] for qid in accepted}, **{a.question_id: ["validated"] for a in answers}}
+            gate_breaker = _score_one_at_a_time_in_the_flink_gate(settings, 20)
             deadline = time.monotonic() + 300
             rows = terminal_rows(settings, list(expected))
             while any(not found for found in rows.values()) and time.monotonic() < deadline:
@@ -217,6 +240,7 @@ def test_a_hung_redis_is_skipped_after_one_timeout_and_questions_still_end_once(
         finally:
             os.kill(redis_pid, signal.SIGCONT)
         gateway.clear_faults()
+    assert gate_breaker["trips"] >= 1 and gate_breaker["skipped"] > gate_breaker["failed"], gate_breaker
     for name in watched:
         delta = {key: after[name][key] - before[name][key] for key in after[name]}
         # The breaker opened, and most calls then skipped Redis instead of each waiting out a timeout.
