@@ -128,13 +128,13 @@ class Acknowledgements:
         """Wait for the delivery reports of what was produced; the offsets to commit, none past a
         message whose send was not acknowledged.
 
-        With ``stop``, waits as long as Kafka is away (``on_wait(True)`` each ``interval`` while
-        reports are missing, ``on_wait(False)`` once they are in) until ``stop`` is set; without
-        it, waits one ``interval``.
+        Waits as long as Kafka is away (``on_wait(True)`` each ``interval`` while reports are
+        missing, ``on_wait(False)`` once they are in), until ``stop`` is set if given: the caller
+        then stops too, since a later batch's commit would pass the unacknowledged messages.
         """
         if self._awaited:
             while producer.flush(interval) > 0 and self._missing():
-                if stop is None or stop.is_set():
+                if stop is not None and stop.is_set():
                     break
                 if on_wait is not None:
                     on_wait(True)
