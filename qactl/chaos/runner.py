@@ -68,7 +68,7 @@ class ExperimentResult:
     recovered_by: str | None = None
     unhealthy: list[str] = field(default_factory=list)
     lagging_groups: list[str] = field(default_factory=list)
-    leftovers: list[str] | None = None  # None: not checked (see stack_checks.leftover_processes)
+    leftovers: list[str] | None = None  # None: not checked (the experiment did not get that far)
     violations: list[str] = field(default_factory=list)
     fault_window: tuple[datetime, datetime] | None = None  # from the fault until healthy again
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from qactl.client import kafka_admin
 from qactl.runtime.stack import Stack
-from qactl.runtime.supervisor import Supervisor
+from qactl.runtime.supervisor import Leftover
 
 # The pipeline's consumer groups (each service's group id, the score job's, the retry services'
 # error and delay groups); other groups on a shared cluster are not the stack's to judge.
@@ -36,18 +36,11 @@ def lagging_groups(bootstrap: str, timeout: float = 5.0) -> list[str]:
     return behind
 
 
-def leftover_processes(stack: Stack) -> list[str] | None:
-    """Processes started for this stack that no running component owns any more; None when
-    this qactl cannot tell (``Supervisor.leftovers`` is not there yet)."""
-    leftovers = getattr(Supervisor, "leftovers", None)
-    if leftovers is None:
-        return None
-    return [_describe(p) for p in leftovers(stack.supervisor)]
+def leftover_processes(stack: Stack) -> list[str]:
+    """Processes started for this stack that no running component owns any more."""
+    return [_describe(p) for p in stack.supervisor.leftovers()]
 
 
-def _describe(leftover: object) -> str:
-    """'persister (pid 123): python -m ...' from the supervisor's ``Leftover``."""
-    process, pid, command = (getattr(leftover, k, None) for k in ("process", "pid", "command"))
-    if process is None:
-        return str(leftover)
-    return f"{process} (pid {pid}): {str(command or '')[:120]}"
+def _describe(leftover: Leftover) -> str:
+    """'persister (pid 123): python -m ...'."""
+    return f"{leftover.process} (pid {leftover.pid}): {leftover.command[:120]}"

@@ -45,6 +45,8 @@ class GroupLag:
     lag: int
     members: int | None = None
     state: str = ""
+    # Which member holds which partitions of ``topic``: (client id, partitions), by client id.
+    assignment: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

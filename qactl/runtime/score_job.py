@@ -63,7 +63,9 @@ def submit(settings: QactlSettings, report: Report) -> bool:
     config = write_private_file(
         settings.run_dir / f"{NAME}.config.json", JobConfig.from_settings(settings).model_dump_json()
     )
-    argv = flink.submit_argv(settings, JOB_SCRIPT, "--config-file", str(config))
+    argv = flink.submit_argv(
+        settings, JOB_SCRIPT, "--config-file", str(config), "--parallelism", str(flink.job_parallelism(settings))
+    )
     log_path = settings.log_dir / f"{NAME}-submit.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:

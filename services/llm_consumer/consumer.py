@@ -13,7 +13,8 @@ call becomes one outcome message:
 
 The offset of a question becomes committable only when Kafka acknowledged its outcome, and per
 partition the commit never passes an unfinished message (``OffsetTracker``), so a crash at any
-moment redelivers what was not finished.
+moment redelivers what was not finished. While Kafka is away the outcomes wait in the producer
+(no delivery timeout) and ``/health`` says "waiting for kafka"; the replica stays up.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from services.common import topics
 from services.common.backend_choice import consumer_concurrency, resolve_backend_kind
 from services.common.endings import failure_ending
 from services.common.kafka import (
+    Committer,
+    KafkaLink,
     consume_batch,
     dead_letter_for_poison,
     is_real_error,
@@ -227,13 +230,22 @@ class LLMConsumer:
         self.heartbeat = time.monotonic()
         self.assigned: set[Partition] = set()
         self._last_commit = 0.0
+        self.kafka = KafkaLink()
+        self.committer = Committer(self.kafka)  # a position Kafka did not take (it was away) is sent again
 
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
         age = time.monotonic() - self.heartbeat
+        waiting = self.kafka.waiting_for_kafka
+        if self.failure is not None:
+            status = "failed"
+        else:
+            status = "waiting for kafka" if waiting else "ok"
         return {
-            "ok": self.failure is None and age < 15,
+            "ok": self.failure is None and age < 15 and not waiting,
+            "status": status,
+            "kafka": self.kafka.report(),
             "service": f"llm-consumer-{self.replica}",
             "backend": self.description,
             "concurrency": self.concurrency,
@@ -249,7 +261,8 @@ class LLMConsumer:
 
     def run(self) -> None:
         consumer = make_consumer(
-            self.settings, self.group_id, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}"
+            self.settings, self.group_id, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}",
+            **self.kafka.client_config("consumer"), **self.committer.consumer_config(),
         )
         consumer.subscribe(
             [topics.QUESTIONS_PENDING.name],
@@ -257,7 +270,7 @@ class LLMConsumer:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        producer = make_producer(self.settings, f"llm-consumer-{self.replica}")
+        producer = make_producer(self.settings, f"llm-consumer-{self.replica}", **self.kafka.client_config("producer"))
         try:
             while not self.stop.is_set() and self.failure is None:
                 self.heartbeat = time.monotonic()
@@ -412,14 +425,12 @@ class LLMConsumer:
             return
         self._last_commit = now
         positions = {p: o for p, o in self.tracker.committable().items() if p in self.assigned}
-        if not positions:
-            return
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=not force)
-            self.tracker.mark_committed(positions)
-        except Exception as exc:  # a failed commit only widens what is redelivered
-            log.warning("commit failed: %s", exc)
+        # Never blocks the poll loop; a failed commit only widens what is redelivered.
+        self.committer.commit(consumer, offsets)
+        self.tracker.mark_committed(positions)
+        if force:
+            self.committer.flush(consumer)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
@@ -447,6 +458,7 @@ class LLMConsumer:
     def _drop(self, partitions: set[Partition]) -> None:
         """Forget partitions moving to another replica; its new owner redoes what was unfinished."""
         self.assigned -= partitions
+        self.committer.forget([TopicPartition(t, p) for t, p in partitions])
         self.buffer = deque(job for job in self.buffer if job.partition not in partitions)
         self.tracker.forget(list(partitions))
 

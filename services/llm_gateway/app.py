@@ -36,7 +36,7 @@ R = TypeVar("R", bound=BaseModel)
 class GatewayState:
     answerer: Answerer
     faults: FaultBook
-    admin_token: SecretStr
+    admin_token: SecretStr | None  # None: the admin API refuses every request
     model: str
     latency_ms: tuple[float, float]
     timeout_fault_seconds: float

@@ -221,7 +221,7 @@ def test_killing_the_taskmanager_mid_run_loses_nothing(pipeline, gateway, api):
     assert taskmanager.running
     os.killpg(taskmanager.pid, signal.SIGKILL)
     time.sleep(2)
-    Stack(pipeline, only=["flink"]).up()  # the operator brings the TaskManager back
+    Stack(pipeline, only=["flink"]).up()  # its keeper restarts the TaskManager; up waits until healthy
     assert_each_terminal_exactly_once(pipeline, api, ids)
 
 

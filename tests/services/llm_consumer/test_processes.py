@@ -76,7 +76,8 @@ def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(pipeli
             watch.wait_for(
                 lambda seen: set(ids) <= {s.message.question_id for s in seen}, 90, "an answer for every question"
             )
-            assert not supervisor.is_running(victim.name)
+            # Its keeper restarted it (the survivor may have redone its calls first, or it did).
+            assert supervisor.state(victim.name).restarts == 1
         calls = gateway.stats()["total"]
 
     # The whole pipeline ends every question exactly once: one terminal record each in PostgreSQL.

@@ -41,6 +41,15 @@ def test_admin_api_refuses_a_missing_or_wrong_token(gateway: RunningGateway, hea
     assert ask_ollama(gateway)  # nothing was injected
 
 
+def test_without_a_token_configured_the_admin_api_refuses_everyone() -> None:
+    """No built-in default token: a gateway started without one has no admin API at all."""
+    with running_gateway(admin_token=None) as bare:
+        for headers in ({}, {"Authorization": "Bearer qactl-dev-token"}):
+            response = httpx.post(f"{bare.url}/admin/faults", headers=headers, json={"kind": "503", "count": 1})
+            assert response.status_code == 403 and "disabled" in response.text
+        assert ask_ollama(bare)  # nothing was injected
+
+
 def test_rules_are_listed_and_cleared(gateway: RunningGateway) -> None:
     with gateway.admin() as admin:
         added = admin.post("/admin/faults", json=[{"kind": "503", "count": 2}, {"kind": "degrade", "rate": 0.5}])
