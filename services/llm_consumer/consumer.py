@@ -8,7 +8,8 @@ call becomes one outcome message:
 - an answer -> ``llm-responses-success`` (``LLMAnswer``)
 - overload (429/503/timeouts/5xx) -> ``llm-responses-error-overload`` (``LLMError``)
 - quota (402, insufficient_quota) -> ``llm-responses-error-quota`` (``LLMError``)
-- another 4xx -> ``questions-dead-letter`` (``DeadLetter``)
+- another 4xx -> ``questions-dead-letter`` (``DeadLetter``), or for a regeneration
+  ``low-quality-responses`` with the best answer it already had (``services/common/endings.py``)
 
 The offset of a question becomes committable only when Kafka acknowledged its outcome, and per
 partition the commit never passes an unfinished message (``OffsetTracker``), so a crash at any
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 
 from services.common import topics
 from services.common.backend_choice import consumer_concurrency, resolve_backend_kind
+from services.common.endings import failure_ending
 from services.common.kafka import (
     Committer,
     KafkaLink,
@@ -45,7 +47,6 @@ from services.common.kafka import (
 )
 from services.common.offsets import OffsetTracker, Partition
 from services.common.schemas import (
-    DeadLetter,
     ErrorInfo,
     ErrorKind,
     Hop,
@@ -58,7 +59,7 @@ from services.common.schemas import (
     encode,
     utcnow,
 )
-from services.common.settings import QactlSettings
+from services.common.settings import Policies, QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
@@ -134,9 +135,15 @@ def generation_of(value: Any, default_model: str) -> Generation:
 
 
 def outcome_for(
-    job: Job, result: CallResult, backend: str, default_model: str, max_answer_chars: int = 8000
+    job: Job,
+    result: CallResult,
+    backend: str,
+    default_model: str,
+    max_answer_chars: int = 8000,
+    threshold: float = Policies.model_fields["quality_threshold"].default,
 ) -> tuple[str, BaseModel, Hop, str]:
-    """(topic, payload, hop, outcome label) for a finished call."""
+    """(topic, payload, hop, outcome label) for a finished call; ``threshold`` is recorded with a
+    best answer kept when a regeneration fails for good."""
     now = utcnow()
     question = job.question
     for earlier in job.hops:  # generating, stamped when the call started
@@ -169,23 +176,8 @@ def outcome_for(
     info = error_info_of(result.error)  # type: ignore[arg-type]
     if info.kind in (ErrorKind.client, ErrorKind.poison, ErrorKind.exhausted):
         reason = f"LLM refused the request ({info.status_code or 'no status'}): {info.message}"[:500]
-        hop = Hop(
-            stage=Stage.failed,
-            topic=topics.DEAD_LETTER.name,
-            at=now,
-            attempt=question.attempt,
-            error=info,
-            note=reason,
-        )
-        letter = DeadLetter(
-            question_id=question.question_id,
-            reason=reason,
-            error=info,
-            source_topic=topics.QUESTIONS_PENDING.name,
-            message=question.advance(hop, last_error=info),
-            failed_at=now,
-        )
-        return topics.DEAD_LETTER.name, letter, hop, "client"
+        ending = failure_ending(question, reason, info, topics.QUESTIONS_PENDING.name, threshold, now)
+        return ending.topic, ending.message, ending.hop, "client"
     if info.kind is ErrorKind.quota:
         topic, stage, label = topics.LLM_QUOTA.name, Stage.retrying_quota, "quota"
     else:
@@ -391,7 +383,8 @@ class LLMConsumer:
         for result in finished:
             job: Job = result.job
             topic, payload, hop, label = outcome_for(
-                job, result, self.backend_name, self.settings.llm.model, self.settings.llm.max_answer_chars
+                job, result, self.backend_name, self.settings.llm.model, self.settings.llm.max_answer_chars,
+                self.settings.policies.quality_threshold,
             )
             CALLS.labels(label, self.backend_name).inc()
             LATENCY.labels(label).observe(result.seconds)

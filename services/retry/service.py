@@ -4,7 +4,8 @@ Two consumers per process, each in its own thread:
 
 - the *error loop* reads the kind's error topic, decides (``policy.decide``) and produces either
   a ``DelayedRetry`` to the delay topic of that retry level, the error to the next kind's error
-  topic (a Retry-After over the cap), or a ``DeadLetter`` when retries are used up; it commits
+  topic (a Retry-After over the cap), or when retries are used up a ``DeadLetter`` (for a
+  regeneration: its best answer to low-quality-responses, ``services/common/endings.py``); it commits
   only what Kafka acknowledged (a delivery report without error).
 - the *delay loop* reads the delay topics. When the head of a partition is not due yet, it pauses
   that partition and seeks back to the head, so nothing waits in memory and the other partitions
@@ -43,9 +44,9 @@ from services.common.kafka import (
     make_producer,
     produce,
 )
+from services.common.endings import failure_ending
 from services.common.offsets import Acknowledgements
 from services.common.schemas import (
-    DeadLetter,
     DelayedRetry,
     ErrorInfo,
     ErrorKind,
@@ -284,25 +285,13 @@ class RetryService:
             status_code=last.status_code,
             message=f"{decision.reason}; last error: {last.kind.value} {last.status_code or ''} {last.message}".strip(),
         )
-        hop = Hop(
-            stage=Stage.failed,
-            topic=topics.DEAD_LETTER.name,
-            at=now,
-            attempt=failed.attempt,
-            error=error,
-            note=decision.reason,
+        # A regeneration keeps the best answer it already had (low_quality), else the dead letter.
+        ending = failure_ending(
+            failed, decision.reason, error, self.spec.error_topic, self.policies.quality_threshold, now, last_error=last
         )
-        letter = DeadLetter(
-            question_id=failed.question_id,
-            reason=decision.reason,
-            error=error,
-            source_topic=self.spec.error_topic,
-            message=failed.advance(hop, last_error=last),
-            failed_at=now,
-        )
-        produce(producer, topics.DEAD_LETTER.name, letter, on_delivery=delivered)
+        produce(producer, ending.topic, ending.message, on_delivery=delivered)
         EXHAUSTED.labels(self.spec.kind.value).inc()
-        self._record(failed.question_id, hop)
+        self._record(failed.question_id, ending.hop)
 
     # -- delay topics -> questions-pending ----------------------------------------------------
 
