@@ -61,6 +61,7 @@ def test_bad_rules_are_one_line_errors(gateway: RunningGateway, args: list[str],
 def test_gateway_down_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QACTL_GATEWAY__PORT", str(free_port()))
+    monkeypatch.setenv("QACTL_GATEWAY__ADMIN_TOKEN", "a-token")  # past the token check, to the call
     get_settings.cache_clear()
     try:
         result = runner.invoke(app, ["gateway", "faults"])
