@@ -19,6 +19,7 @@ from pathlib import Path
 
 from qactl.client import pg
 from qactl.importer.load import import_file
+from qactl.runtime import credentials
 from services.common import db
 from services.common.settings import load_settings
 
@@ -37,13 +38,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--jsonl", action="store_true")
     args = parser.parse_args()
-    settings = load_settings()
+    settings = credentials.with_stored(load_settings())  # the stack's credentials
     base = settings.postgres.url
-    admin = pg.connect(base, dbname="postgres")
+    admin = pg.connect(settings.postgres.admin_url)  # the application role may not create databases
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB}")
-        cur.execute(f"CREATE DATABASE {SCRATCH_DB}")
+        cur.execute(f'CREATE DATABASE {SCRATCH_DB} OWNER "{settings.postgres.user}"')
     try:
         dsn = scratch_dsn(base)
         db.migrate(dsn)

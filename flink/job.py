@@ -75,6 +75,21 @@ class ScoreInBatches(KeyedProcessFunction):
         self.pending_count = runtime_context.get_state(ValueStateDescriptor("pending_count", Types.INT()))
         self.timer_at = runtime_context.get_state(ValueStateDescriptor("timer_at", Types.LONG()))
         self.gate = QualityGate(JobConfig.model_validate_json(self.config_json))  # loads the model once per worker
+        self._export_redis_breaker(runtime_context)
+
+    def _export_redis_breaker(self, runtime_context: RuntimeContext) -> None:
+        """The status tracker's Redis circuit breaker as Flink gauges (``qactl_redis_breaker_*``
+        in the REST metrics of this operator): a hung Redis shows as skipped calls, not as lag."""
+        breaker = getattr(self.gate.status, "breaker", None)
+        if breaker is None:
+            return
+        try:
+            group = runtime_context.get_metrics_group().add_group("qactl_redis_breaker")
+            group.gauge("open", lambda: int(breaker.open))
+            for name in ("ok", "failed", "skipped", "trips"):
+                group.gauge(name, lambda name=name: breaker.counts[name])
+        except Exception:  # noqa: BLE001 (metrics are a view: never fail the job for them)
+            log.exception("redis breaker metrics not registered")
 
     def process_element(self, value: str, ctx: KeyedProcessFunction.Context) -> Iterator:
         self.pending.add(value)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from qactl.runtime import credentials
 from services.common.settings import QactlSettings
 
 INFRA = ("kafka", "flink", "postgres", "redis")
@@ -52,7 +53,8 @@ def test_settings(base: int | None = None, **overrides: Any) -> QactlSettings:
         else:
             values[key] = value
     # Validated, not loaded: neither the developer's QACTL_* variables nor ./qactl.toml apply.
-    return QactlSettings.model_validate(values)
+    # With the state dir's credentials (made now if this stack never ran), as `qactl up` uses them.
+    return credentials.with_stored(QactlSettings.model_validate(values), create=True)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite the name

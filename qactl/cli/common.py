@@ -34,12 +34,17 @@ class CliContext:
 
     @property
     def settings(self) -> QactlSettings:
-        """The CLI's one settings object: the global options, env, the config file, defaults."""
+        """The CLI's one settings object: the global options, env, the config file, defaults,
+        and the state dir's stored credentials (for what the user did not set), and over them the
+        topology the stack of this state dir was given (`qactl up --brokers`, `qactl scale`;
+        ``qactl.runtime.topology``)."""
         if self._settings is None:
+            from qactl.runtime import credentials, topology
             from services.common.settings import load_settings
 
             overrides = {} if self.state_dir is None else {"state_dir": self.state_dir}
-            self._settings = load_settings(self.config, **overrides)
+            # With the credentials `qactl up` generated for this state dir, when it did.
+            self._settings = credentials.with_stored(topology.apply(load_settings(self.config, **overrides)))
         return self._settings
 
 

@@ -9,9 +9,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from qactl.cli import ask, demo, gateway, llm, metrics, migrate, stack, traffic, watch
+from qactl.cli import ask, chaos, demo, gateway, llm, metrics, migrate, scale, stack, traffic, watch
 from qactl.cli.common import CliContext, err_console
 from qactl.errors import QactlError
+
 
 class QactlGroup(TyperGroup):
     """Turns an expected failure anywhere below into one red line and exit code 1."""
@@ -33,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for group in (stack, ask, demo, watch, metrics, traffic, migrate, gateway, llm):
+for group in (stack, ask, demo, watch, metrics, traffic, chaos, migrate, gateway, llm, scale):
     app.add_typer(group.app)
 
 

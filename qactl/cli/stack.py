@@ -20,6 +20,7 @@ from qactl.errors import QactlError
 if TYPE_CHECKING:
     from qactl.client.llm_server import ModelServerState
     from qactl.runtime.stack import ComponentStatus, Stack
+    from qactl.runtime.supervisor import ProcessState
     from services.common.backend_choice import LlmRoute
     from services.common.settings import QactlSettings
 
@@ -38,6 +39,7 @@ _PHASE_STYLE = {
     "external": "[cyan]external[/]",
     "failed": "[red]failed[/]",
     "stopped": "[dim]stopped[/]",
+    "cleaned": "[yellow]cleaned[/]",
 }
 
 OnlyOption = Annotated[
@@ -76,6 +78,36 @@ DEMO_DELAY_SCALE = 0.05
 class Profile(str, Enum):
     default = "default"
     demo = "demo"
+    cluster = "cluster"
+
+
+CLUSTER_BROKERS = 3
+CLUSTER_TASKMANAGERS = 2
+
+
+def cluster_profile(settings: QactlSettings) -> dict[str, dict[str, int]]:
+    """3 brokers (RF 3, min ISR 2), 2 task managers each with a slot per partition of
+    llm-responses-success, so that either can run the whole score job alone."""
+    from services.common.topics import LLM_SUCCESS
+
+    slots = max(settings.flink.taskmanager_slots, LLM_SUCCESS.partitions)
+    return {
+        "kafka": {"brokers": CLUSTER_BROKERS},
+        "flink": {"taskmanagers": CLUSTER_TASKMANAGERS, "taskmanager_slots": slots},
+    }
+
+
+def _topology_options(
+    brokers: int | None, taskmanagers: int | None, llm_consumers: int | None
+) -> dict[str, dict[str, int]]:
+    values: dict[str, dict[str, int]] = {"kafka": {}, "flink": {}, "services": {}}
+    if brokers is not None:
+        values["kafka"]["brokers"] = brokers
+    if taskmanagers is not None:
+        values["flink"]["taskmanagers"] = taskmanagers
+    if llm_consumers is not None:
+        values["services"]["llm_consumer_replicas"] = llm_consumers
+    return values
 
 
 @app.command()
@@ -87,20 +119,47 @@ def up(
         typer.Option(
             "--profile",
             help="'demo' shortens every retry delay 20x (quota 60 s -> 3 s) so the demo cases "
-            "finish quickly; 'default' keeps the policies of the configuration.",
+            "finish quickly; 'cluster' runs 3 Kafka brokers and 2 TaskManagers; 'default' keeps "
+            "the policies and topology of the configuration.",
         ),
     ] = Profile.default,
+    brokers: Annotated[
+        Optional[int], typer.Option("--brokers", min=1, max=9, help="Kafka brokers (KRaft); kept for later commands.")
+    ] = None,
+    taskmanagers: Annotated[
+        Optional[int], typer.Option("--taskmanagers", min=1, max=9, help="Flink TaskManagers; kept for later commands.")
+    ] = None,
+    llm_consumers: Annotated[
+        Optional[int], typer.Option("--llm-consumers", min=0, max=10, help="llm-consumer replicas; kept (see `qactl scale`).")
+    ] = None,
 ) -> None:
     """Provision what is missing and start the stack, in order; waits for each to be healthy.
 
-    Idempotent: a second `qactl up` starts nothing and says so.
+    Idempotent: a second `qactl up` starts nothing and says so. '--profile cluster' runs 3 Kafka
+    brokers (replication factor 3, min ISR 2) and 2 Flink TaskManagers; the numbers chosen here
+    or by `qactl scale` stay with the state dir until `qactl down --purge`.
     """
+    from qactl.runtime import topology
+
     current = settings(ctx)
     if profile is Profile.demo:
         # The services are handed these settings, demo profile included.
         current = demo_profile(current)
         console.print(f"[yellow]demo profile: every retry delay is x{DEMO_DELAY_SCALE} of the policy[/]")
+    chosen = cluster_profile(current) if profile is Profile.cluster else {}
+    for section, values in _topology_options(brokers, taskmanagers, llm_consumers).items():
+        chosen.setdefault(section, {}).update(values)
+    current = topology.with_values(current, chosen)
+    other = topology.running_elsewhere(current)
+    if other:
+        raise QactlError(
+            f"{', '.join(other)} of another topology run from this state dir; `qactl down` first "
+            "(each topology keeps its own Kafka data)"
+        )
+    topology.save(current)  # before starting: a `down` after a failed `up` must know what to stop
+    _say_topology(current)
     stack = _stack(current, only)
+    _warn_exposed(current)
     progress = _Progress([c.name for c in stack.components])
     console.print(f"state: [bold]{stack.settings.state_dir}[/]  logs: {stack.settings.log_dir}")
     with Live(progress, console=console, refresh_per_second=8, transient=False):
@@ -111,6 +170,29 @@ def up(
     else:
         console.print(f"[green]Started:[/] {', '.join(result.started)}")
     _print_endpoints(stack)
+
+
+def _warn_exposed(current: QactlSettings) -> None:
+    """One loud line per listener beyond loopback that `up` allows (the others it refuses)."""
+    from qactl.runtime import exposure
+
+    for line in exposure.check(current):
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
+
+
+def _say_topology(current: QactlSettings) -> None:
+    k, f = current.kafka, current.flink
+    if k.external or (k.brokers > 1 or f.taskmanagers > 1):
+        if not k.external:
+            console.print(
+                f"cluster: {k.brokers} Kafka broker(s), {f.taskmanagers} Flink TaskManager(s), "
+                f"{current.services.llm_consumer_replicas} llm-consumer(s)"
+            )
+        return
+    console.print(
+        "[dim]one node (1 broker, 1 TaskManager); `qactl up --profile cluster` runs 3 brokers "
+        "(RF 3, min ISR 2) and 2 TaskManagers (or --brokers N --taskmanagers M)[/]"
+    )
 
 
 def demo_profile(settings: QactlSettings) -> QactlSettings:
@@ -144,7 +226,7 @@ def down(
 def _say_down(component: str, phase: str, detail: str) -> None:
     if phase == "stopping":
         console.print(f"  stopping {detail}")
-    elif phase == "setup":
+    elif phase in ("setup", "cleaned"):
         console.print(f"  {detail}")
     elif phase == "failed":
         console.print(f"  [yellow]{component}: {detail}[/]")
@@ -231,13 +313,41 @@ def _status_dict(status: ComponentStatus) -> dict[str, object]:
         "endpoint": status.endpoint,
         "detail": status.health.detail,
         "health": dict(status.health.data),
-        "processes": [{"name": p.name, "running": p.running, "pid": p.pid} for p in status.processes],
+        "processes": [
+            {
+                "name": p.name,
+                "running": p.running,
+                "pid": p.pid,
+                "keeper_pid": p.keeper_pid,
+                "phase": p.phase,
+                "restarts": p.restarts,
+                "last_exit": p.last_exit,
+            }
+            for p in status.processes
+        ],
     }
+
+
+def restarts_cell(processes: list[ProcessState]) -> str:
+    """Restarts per process, with the last exit when there was one, and what the keeper is doing."""
+    parts = []
+    for p in processes:
+        text = str(p.restarts)
+        if p.last_exit is not None and (p.restarts or p.phase != "running"):
+            text += f" (last: {p.last_exit})"
+        if p.phase == "gave-up":
+            text = f"[red]gave up after {p.restarts}[/] (last: {p.last_exit})"
+        elif p.phase == "restarting":
+            text += " [yellow]restarting[/]"
+        elif p.phase == "unowned":
+            text += " [yellow]no keeper[/]"
+        parts.append(f"{p.name}: {text}" if len(processes) > 1 else text)
+    return ", ".join(parts) or "-"
 
 
 def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
     table = Table(box=None, padding=(0, 1))
-    for column in ("component", "state", "pid", "endpoint", "health"):
+    for column in ("component", "state", "pid", "restarts", "endpoint", "health"):
         table.add_column(column)
     for s in statuses:
         if s.external:
@@ -249,7 +359,7 @@ def _status_table(stack: Stack, statuses: list[ComponentStatus]) -> Table:
         else:
             state = "[red]down[/]"
         pids = ",".join(str(p.pid) for p in s.processes if p.running) or "-"
-        table.add_row(s.name, state, pids, s.endpoint or "-", s.health.detail)
+        table.add_row(s.name, state, pids, restarts_cell(s.processes), s.endpoint or "-", s.health.detail)
     return table
 
 

@@ -16,6 +16,7 @@ PRESETS: dict[str, FaultRule] = {
     "insufficient_quota": FaultRule(kind="insufficient_quota", count=1),
     "402": FaultRule(kind="402", count=1),
     "timeout": FaultRule(kind="timeout", count=1),
+    "hang": FaultRule(kind="hang", rate=1.0),
     "degrade": FaultRule(kind="degrade", count=1),
 }
 

@@ -33,7 +33,13 @@ class GatewayClient:
 
     @classmethod
     def from_settings(cls, settings: QactlSettings) -> "GatewayClient":
-        return cls(settings.gateway.base_url, settings.gateway.admin_token.get_secret_value())
+        token = settings.gateway.admin_token
+        if token is None:
+            raise StackNotRunning(
+                f"no gateway admin token for the state dir {settings.state_dir}: `qactl up` generates it "
+                "(or set QACTL_GATEWAY__ADMIN_TOKEN to the token of the gateway you mean)"
+            )
+        return cls(settings.gateway.base_url, token.get_secret_value())
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

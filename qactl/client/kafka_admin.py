@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from qactl.errors import QactlError
-from services.common.topics import Topic
+from services.common.topics import Replication, Topic
 from services.common.waiting import Deadline
 
 
@@ -27,6 +27,7 @@ class TopicMismatch(QactlError):
 class ClusterInfo:
     brokers: int
     topics: dict[str, int]  # name -> partition count; internal topics (``__...``) left out
+    broker_ids: tuple[int, ...] = ()
 
 
 def admin(bootstrap: str, timeout: float = 5.0) -> AdminClient:
@@ -57,17 +58,23 @@ def cluster_info(bootstrap: str, timeout: float = 5.0, client: AdminClient | Non
         for name, meta in metadata.topics.items()
         if not name.startswith("__") and meta.error is None
     }
-    return ClusterInfo(brokers=len(metadata.brokers), topics=topics)
+    return ClusterInfo(brokers=len(metadata.brokers), topics=topics, broker_ids=tuple(sorted(metadata.brokers)))
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0, replication: Replication | None = None
+) -> list[str]:
     """Create the missing ``topics`` with their partition counts; return the names created.
 
+    ``replication``: the replication factor and ``min.insync.replicas`` of new topics; None
+    takes the brokers' count from the cluster's metadata (``Replication.for_brokers``).
     Idempotent. A topic that exists with another partition count raises ``TopicMismatch``:
     partitions cannot shrink and growing them would reshuffle keys, so the operator decides.
     """
     client = admin(bootstrap)
-    existing = cluster_info(bootstrap, timeout, client).topics
+    info = cluster_info(bootstrap, timeout, client)
+    existing = info.topics
+    replication = replication or Replication.for_brokers(info.brokers)
     wanted = list(topics)
     wrong = [
         f"{t.name} has {existing[t.name]} partitions, expected {t.partitions}"
@@ -79,8 +86,16 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic], timeout: float = 30.0
             "Kafka topics with the wrong partition count: " + "; ".join(wrong)
             + ". Delete them (or `qactl down --purge` for a local stack) and run `qactl up` again."
         )
-    # -1: the cluster's default.replication.factor (1 on our single node, more on a real cluster).
-    missing = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1) for t in wanted if t.name not in existing]
+    missing = [
+        NewTopic(
+            t.name,
+            num_partitions=t.partitions,
+            replication_factor=replication.factor,
+            config={"min.insync.replicas": str(replication.min_insync)},
+        )
+        for t in wanted
+        if t.name not in existing
+    ]
     created: list[str] = []
     for name, future in (client.create_topics(missing, operation_timeout=timeout) if missing else {}).items():
         try:
@@ -212,3 +227,77 @@ def rewind_group(
     )
     done[group].result(timeout)
     return target
+
+
+def consumer_groups(bootstrap: str, timeout: float = 5.0, client: AdminClient | None = None) -> list[str]:
+    """The ids of every consumer group the cluster knows."""
+    client = client or admin(bootstrap, timeout)
+    listing = client.list_consumer_groups(request_timeout=timeout).result(timeout)
+    return sorted(g.group_id for g in listing.valid)
+
+
+@dataclass(frozen=True)
+class PartitionReplicas:
+    topic: str
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+    @property
+    def whole(self) -> bool:
+        """Every replica is in sync."""
+        return set(self.isr) == set(self.replicas)
+
+
+def partition_replicas(
+    bootstrap: str, topics: Iterable[str] | None = None, timeout: float = 5.0, client: AdminClient | None = None
+) -> list[PartitionReplicas]:
+    """Leader, replicas and in-sync replicas of every partition of ``topics`` (default: all but internal)."""
+    metadata = (client or admin(bootstrap, timeout)).list_topics(timeout=timeout)
+    names = set(topics) if topics is not None else {n for n in metadata.topics if not n.startswith("__")}
+    found = []
+    for name in sorted(names & set(metadata.topics)):
+        for number, meta in sorted(metadata.topics[name].partitions.items()):
+            found.append(PartitionReplicas(name, number, meta.leader, tuple(meta.replicas), tuple(meta.isrs)))
+    return found
+
+
+def topic_configs(
+    bootstrap: str, topics: Iterable[str], keys: Iterable[str], timeout: float = 5.0, client: AdminClient | None = None
+) -> dict[str, dict[str, str]]:
+    """topic -> {key: value} of the topics' effective configuration, as the brokers report it."""
+    client = client or admin(bootstrap, timeout)
+    wanted = list(keys)
+    futures = client.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=timeout)
+    return {
+        resource.name: {k: entries[k].value for k in wanted if k in entries}
+        for resource, future in futures.items()
+        for entries in [future.result(timeout)]
+    }
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    client_id: str
+    host: str
+    partitions: tuple[tuple[str, int], ...]
+
+
+def group_members(
+    bootstrap: str, group: str, timeout: float = 5.0, client: AdminClient | None = None
+) -> tuple[str, list[GroupMember]]:
+    """A consumer group's state and its members with the partitions assigned to each."""
+    client = client or admin(bootstrap, timeout)
+    description = client.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    return str(description.state.name).lower(), [member_of(m) for m in description.members]
+
+
+def member_of(member: object) -> GroupMember:
+    """One member of a ``describe_consumer_groups`` answer."""
+    assigned = getattr(getattr(member, "assignment", None), "topic_partitions", None) or []
+    return GroupMember(
+        client_id=getattr(member, "client_id", ""),
+        host=str(getattr(member, "host", "")).lstrip("/"),
+        partitions=tuple(sorted((tp.topic, tp.partition) for tp in assigned)),
+    )

@@ -88,10 +88,11 @@ class KafkaAdminProbe:
                 self._ends[(tp.topic, tp.partition)] = future.result(self._timeout).offset
         lags = []
         for group in self._groups:
-            members, state = None, ""
+            members, state, held = None, "", []
             try:
                 description = described[group].result(self._timeout)
                 members, state = len(description.members), str(description.state.name).lower()
+                held = [kafka_admin.member_of(m) for m in description.members]
             except Exception:  # the description is a nicety; the lag is what matters
                 pass
             per_topic: dict[str, int] = {}
@@ -99,5 +100,8 @@ class KafkaAdminProbe:
                 end = self._ends.get((tp.topic, tp.partition), tp.offset)
                 per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, end - tp.offset)
             for topic, lag in sorted(per_topic.items()):
-                lags.append(GroupLag(group, topic, lag, members, state))
+                assignment = tuple(
+                    sorted((m.client_id, tuple(p for t, p in m.partitions if t == topic)) for m in held)
+                )
+                lags.append(GroupLag(group, topic, lag, members, state, assignment))
         return lags

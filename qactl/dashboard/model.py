@@ -45,6 +45,8 @@ class GroupLag:
     lag: int
     members: int | None = None
     state: str = ""
+    # Which member holds which partitions of ``topic``: (client id, partitions), by client id.
+    assignment: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,17 @@ class LlmState:
 
 
 @dataclass(frozen=True)
+class ChaosRun:
+    """The `qactl chaos` experiment running now (its row in ``chaos_runs``)."""
+
+    run_id: int
+    experiment: str
+    phase: str  # traffic, fault, recover, settle, check
+    started_at: datetime
+    in_flight_at_fault: int | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One poll's picture of the pipeline; everything a dashboard panel renders."""
 
@@ -150,6 +163,7 @@ class Snapshot:
     components: tuple[ComponentRow, ...] = ()
     flink_jobs: tuple[FlinkJobRow, ...] = ()
     llm: LlmState | None = None
+    chaos: ChaosRun | None = None  # a `qactl chaos` experiment under way
     errors: Mapping[str, str] = field(default_factory=dict)  # part -> why it is missing
 
     @property
@@ -186,6 +200,10 @@ class QualityProbe(Protocol):
     def score_histogram(self, edges: Sequence[float], threshold: float) -> ScoreHistogram: ...
 
     def regeneration_outcomes(self) -> RegenerationOutcomes: ...
+
+    def running_chaos(self) -> ChaosRun | None:
+        """The `qactl chaos` experiment under way, if any."""
+        ...
 
     def questions(self, question_ids: Sequence[str]) -> Mapping[str, str]:
         """Question text by id, for the ids it knows."""

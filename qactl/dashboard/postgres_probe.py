@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import psycopg2
 
 from qactl.client import pg
-from qactl.dashboard.model import RegenerationOutcomes, ScoreHistogram
+from qactl.dashboard.model import ChaosRun, RegenerationOutcomes, ScoreHistogram
 from services.common.schemas import Hop
 from services.common.settings import QactlSettings
 
@@ -82,6 +82,18 @@ class PostgresQualityProbe:
             elif mean is not None:
                 means[int(attempt)] = float(mean)
         return RegenerationOutcomes(validated, low, failed, means)
+
+    def running_chaos(self) -> ChaosRun | None:
+        try:
+            rows = self._query(
+                "SELECT id, experiment, phase, started_at, in_flight_at_fault FROM chaos_runs"
+                " WHERE state = 'running' ORDER BY started_at DESC LIMIT 1"
+            )
+        except psycopg2.errors.UndefinedTable:  # a database migrated before `qactl chaos` existed
+            return None
+        for run_id, experiment, phase, started_at, in_flight in rows:
+            return ChaosRun(int(run_id), experiment, phase, started_at, in_flight)
+        return None
 
     def questions(self, question_ids: Sequence[str]) -> Mapping[str, str]:
         rows = self._query(

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import TypeVar
 
 from qactl.dashboard.model import (
+    ChaosRun,
     ComponentRow,
     FlinkJobRow,
     FlinkProbe,
@@ -121,12 +122,15 @@ class DashboardSource:
             jobs = parts.get("flink", lambda: tuple(flink.jobs()), ())
         scores: ScoreHistogram | None = None
         regenerations: RegenerationOutcomes | None = None
+        chaos: ChaosRun | None = None
         if (quality := self._quality) is not None:
             scores = parts.get(
                 "postgres", lambda: quality.score_histogram(self._edges, policies.quality_threshold), None
             )
             if "postgres" not in parts.errors:
                 regenerations = parts.get("postgres", quality.regeneration_outcomes, None)
+            if "postgres" not in parts.errors:
+                chaos = parts.get("postgres", quality.running_chaos, None)
         questions: tuple[QuestionRow, ...] = ()
         if (live := self._live) is not None:
             questions = parts.get("redis", lambda: tuple(live.recent_questions(self._recent_limit)), ())
@@ -153,6 +157,7 @@ class DashboardSource:
             components=self._components,
             flink_jobs=jobs,
             llm=llm,
+            chaos=chaos,
             errors=dict(parts.errors),
         )
 

@@ -36,7 +36,7 @@ from qactl.demo.paths import (
     policy_delay_bounds,
 )
 from qactl.errors import QactlError, StackNotRunning
-from services.common.schemas import Hop, normalize_question, question_id_for
+from services.common.schemas import Hop, Stage, normalize_question, question_id_for
 from services.common.settings import Policies, QactlSettings
 from services.common.waiting import poll_until
 from services.llm_gateway.faults import FaultRule
@@ -247,7 +247,9 @@ class DemoRunner:
         earlier: AskResult | None,
         case_result: CaseResult,
     ) -> AskResult:
-        question_id = question_id_for(question)
+        # The id of the question alone, until the API names the run it accepted (the reference
+        # answer is part of a question's identity, and asking again after low_quality is a new run).
+        question_id = question_id_for(question, ask.reference)
         result = AskResult(question=question, question_id=question_id)
         model_from = model_split(ask.expect.path, ask.forced_answers) if backend.real else None
         result.model_decided_from = model_from
@@ -260,6 +262,7 @@ class DemoRunner:
             injected = self._inject(case, ask, question, gateway)
             with StorageApiClient(self.settings.api.base_url) as api:
                 submission = api.submit(question, ask.reference)
+                question_id = result.question_id = submission.question_id
                 self._on_submission(case, ask, submission, result)
                 final: QuestionStatus | None = None
                 if not submission.answered:
@@ -268,6 +271,8 @@ class DemoRunner:
                     if model_from is not None:  # a real model may take its whole time limit on each call
                         calls = model_call_bounds(ask.expect.path, model_from, policies)[1]
                         timeout += calls * self.settings.llm.timeout_seconds
+                    elif asked_again_after_low_quality(ask, earlier):  # a new run: the model answers again
+                        timeout += (policies.max_regenerations + 1) * self.settings.llm.timeout_seconds
                     final = self._follow(case, api, question_id, policies, timeout, forced)
                     stored = self._wait_stored(api, question_id, final)
                     if stored is not None:
@@ -402,13 +407,16 @@ class DemoRunner:
         return status
 
     def _wait_stored(self, api: StorageApiClient, question_id: str, final: QuestionStatus) -> QuestionStatus | None:
-        """After a terminal state: wait until PostgreSQL has it (and the cache, for an answer)."""
+        """After a terminal state: wait until PostgreSQL has it (and the cache, for a validated answer:
+        the only kind served again)."""
         if not final.terminal:
             return None
 
         def stored(status: QuestionStatus) -> bool:
             return bool(status.raw.get("terminal_at")) and (
-                status.answer is None or stack_access.cached(self.settings, question_id)
+                status.answer is None
+                or status.state is not Stage.validated
+                or stack_access.cached(self.settings, question_id)
             )
 
         if stored(final):
@@ -436,6 +444,23 @@ class DemoRunner:
         expect = ask.expect
         model_from = result.model_decided_from
         checks = result.checks
+        if asked_again_after_low_quality(ask, earlier):
+            assert earlier is not None
+            # The model's first answer ended low_quality, which is never served again: the repeat is a
+            # new run of the question, with its own id, that the model answers again.
+            new_run = submission.http_status == 202 and submission.question_id != earlier.question_id
+            checks.append(
+                Check("response", new_run,
+                      f"POST /query answered {submission.http_status} as {submission.question_id}: the first ask ended "
+                      f"low_quality, which is not served again, so expected 202 and a new run (not {earlier.question_id})")
+            )
+            checks.append(
+                Check("terminal", result.state in ("validated", "low_quality"),
+                      f"terminal state {result.state} of the new run (the model decided it)")
+            )
+            for check in checks:
+                self.emit(DemoEvent("check", case.name, f"{check.name}: {check.detail}", ok=check.ok))
+            return
         wanted_status = 200 if expect.response == "answered" else 202
         checks.append(
             Check("response", submission.http_status == wanted_status,
@@ -515,6 +540,17 @@ class DemoRunner:
                 f"terminal state {state}, expected {earlier.state} as the first ask ended (the model decided it)",
             )
         return Check("terminal", state == expected, f"terminal state {state}, expected {expected}")
+
+
+def asked_again_after_low_quality(ask: Ask, earlier: AskResult | None) -> bool:
+    """An ask that expects a stored answer, of a question whose earlier ask a real model ended
+    low_quality: only validated answers are served again, so it runs again instead."""
+    return (
+        ask.expect.response == "answered"
+        and earlier is not None
+        and earlier.model_decided_from is not None
+        and earlier.state == Stage.low_quality.value
+    )
 
 
 def model_verdict(hop: Hop, judgement: Judgement, before: list[Judgement], policies: Policies) -> str:

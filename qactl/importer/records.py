@@ -9,8 +9,8 @@ fields are ignored):
 ==================  ========  ==========================================================================
 field               required  maps to ``responses``
 ==================  ========  ==========================================================================
-question            yes       ``question``; ``question_id`` = ``question_id_for(question)``, the
-                              pipeline's own id, so the same question asked later is the same row
+question            yes       ``question``; ``question_id`` = ``question_id_for(question, reference)``,
+                              the pipeline's own id, so the same question asked later is the same row
 answer [response,   yes       ``answer`` (a non-empty string)
 llm_response]
 score [bert_score,  no        ``score``: a number in [-1, 1] (BERTScore F1); ``null`` allowed
@@ -347,7 +347,7 @@ def validate_record(record: Any, threshold: float, imported_at: datetime) -> Row
     elif status is None:
         status, unscored_defaulted = "validated", True
     values = (
-        question_id_for(checked.question),
+        question_id_for(checked.question, checked.reference_answer),
         checked.question,
         checked.reference_answer,
         checked.answer,
@@ -381,7 +381,7 @@ def validate_file(
             row = validate_record(record, threshold, imported_at)
             question_id = row.values[0]
             if question_id in first_seen:
-                raise Rejected(f"duplicate: the same question as record {first_seen[question_id]}")
+                raise Rejected(f"duplicate: the same question and reference as record {first_seen[question_id]}")
             first_seen[question_id] = number
         except Rejected as exc:
             report.rejected += 1

@@ -2,7 +2,7 @@
 
 Every figure comes from stored rows: the pipeline's tables and views (migration 0001), the
 imported baseline (``responses.source = 'import'``) and the traffic runs recorded by
-`qactl traffic` (migration 0002). Nothing is typed in: a section without data says so
+`qactl traffic` (migration 0002), the experiments of `qactl chaos` (migration 0004). Nothing is typed in: a section without data says so
 ("not measured yet") rather than showing a number.
 """
 
@@ -21,7 +21,7 @@ from qactl.errors import QactlError, StackNotRunning
 
 NOT_MEASURED = "not measured yet"
 
-SECTIONS = ("latency", "errors", "regeneration", "throughput", "baseline", "comparison")
+SECTIONS = ("latency", "errors", "regeneration", "throughput", "baseline", "comparison", "chaos")
 
 
 @dataclass
@@ -345,6 +345,30 @@ def comparison(
     return section
 
 
+CHAOS = """
+SELECT id, experiment, state, phase, started_at, in_flight_at_fault, accepted, terminal_once, stuck, duplicated, lost,
+       refused_during_fault, recover_seconds, recovered_by, violations
+  FROM chaos_runs ORDER BY started_at DESC, id DESC LIMIT %s
+"""
+
+
+def chaos(conn: psycopg2.extensions.connection, limit: int = 30) -> Section:
+    """The latest `qactl chaos` experiments, newest first: what each found."""
+    columns = ["run", "experiment", "result", "started_at", "in_flight_at_fault", "accepted", "terminal_once", "stuck",
+               "duplicated", "missing", "refused_during_fault", "recover_s", "recovered_by", "violations"]  # fmt: skip
+    section = Section("chaos", "chaos experiments (latest first)", columns)
+    for r in _fetch(conn, CHAOS, (limit,)):
+        result = r["state"] if r["state"] != "running" else f"running ({r['phase']})"
+        section.rows.append([
+            r["id"], r["experiment"], result, _iso(r["started_at"]), r["in_flight_at_fault"], r["accepted"],
+            r["terminal_once"], r["stuck"], r["duplicated"], r["lost"], r["refused_during_fault"],
+            _round(r["recover_seconds"]), r["recovered_by"], "; ".join(r["violations"] or []) or None,
+        ])  # fmt: skip
+    if not section.rows:
+        section.note = f"{NOT_MEASURED}: run `qactl chaos run EXPERIMENT`"
+    return section
+
+
 def collect(
     dsn: str,
     threshold: float,
@@ -371,6 +395,8 @@ def collect(
                 found.append(baseline(conn))
             elif name == "comparison":
                 found.append(comparison(conn, async_run, sync_run))
+            elif name == "chaos":
+                found.append(chaos(conn))
             else:
                 raise QactlError(f"unknown metrics section {name!r} (sections: {', '.join(SECTIONS)})")
         return found

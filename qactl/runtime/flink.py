@@ -169,6 +169,8 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
         "env.java.opts.jobmanager": " ".join(["-XX:TieredStopAtLevel=1", *_cds(settings, "jobmanager")]),
         "env.java.opts.taskmanager": " ".join(_cds(settings, "taskmanager")),
         "jobmanager.execution.failover-strategy": "region",
+        # Several task managers: a job's subtasks spread over them rather than filling the first.
+        "cluster.evenly-spread-out-slots": f.taskmanagers > 1,
         "taskmanager.host": f.host,
         "taskmanager.bind-host": f.host,
         "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
@@ -254,25 +256,53 @@ def link_libs(settings: QactlSettings) -> None:
         (lib / name).symlink_to(jar)
 
 
-def taskmanager_id_file(settings: QactlSettings) -> Path:
-    return base(settings) / "taskmanager-id"
+def taskmanager_numbers(settings: QactlSettings) -> list[int]:
+    return list(range(1, settings.flink.taskmanagers + 1))
 
 
-def taskmanager_id(settings: QactlSettings) -> str:
-    """Resource id of the task manager started last.
+def taskmanager_name(settings: QactlSettings, number: int = 1) -> str:
+    """``flink-taskmanager`` for the only one; ``flink-taskmanager-<n>`` for several."""
+    return TASKMANAGER if settings.flink.taskmanagers == 1 else f"{TASKMANAGER}-{number}"
+
+
+def process_names(settings: QactlSettings) -> list[str]:
+    return [JOBMANAGER, *(taskmanager_name(settings, n) for n in taskmanager_numbers(settings))]
+
+
+def job_parallelism(settings: QactlSettings) -> int:
+    """The score job's parallelism: 1 on one task manager; with several, one subtask per
+    partition of llm-responses-success (each task manager needs that many slots to take the
+    whole job over when another is lost)."""
+    from services.common.topics import LLM_SUCCESS
+
+    f = settings.flink
+    if f.job_parallelism is not None:
+        return f.job_parallelism
+    return 1 if f.taskmanagers == 1 else LLM_SUCCESS.partitions
+
+
+def taskmanager_id_file(settings: QactlSettings, number: int = 1) -> Path:
+    suffix = "" if settings.flink.taskmanagers == 1 else f"-{number}"
+    return base(settings) / f"taskmanager{suffix}-id"
+
+
+def taskmanager_id(settings: QactlSettings, number: int = 1) -> str:
+    """Resource id of task manager ``number`` as started last.
 
     A new one for every start: after a crash the job manager still lists the dead task manager
     until its heartbeat times out, and only the id tells the new registration from the old.
     """
     try:
-        return taskmanager_id_file(settings).read_text().strip()
+        return taskmanager_id_file(settings, number).read_text().strip()
     except OSError:
-        return "qactl-taskmanager"
+        return f"qactl-taskmanager-{number}"
 
 
-def _new_taskmanager_id(settings: QactlSettings) -> None:
-    if not Supervisor(settings).is_running(TASKMANAGER):
-        taskmanager_id_file(settings).write_text(f"qactl-tm-{uuid.uuid4().hex[:8]}\n")
+def _new_taskmanager_ids(settings: QactlSettings) -> None:
+    supervisor = Supervisor(settings)
+    for number in taskmanager_numbers(settings):
+        if not supervisor.is_running(taskmanager_name(settings, number)):
+            taskmanager_id_file(settings, number).write_text(f"qactl-tm{number}-{uuid.uuid4().hex[:8]}\n")
 
 
 def provision(settings: QactlSettings, report: Report) -> None:
@@ -283,7 +313,7 @@ def provision(settings: QactlSettings, report: Report) -> None:
         jvm.prepare_archives(base(settings) / "cds", role, [*_class_path(settings), flink_connector_jar(settings)])
     write_config(settings)
     link_libs(settings)
-    _new_taskmanager_id(settings)
+    _new_taskmanager_ids(settings)
 
 
 def _script(name: str, *dynamic: str) -> list[str]:
@@ -309,13 +339,16 @@ def jobmanager_health(settings: QactlSettings) -> Health:
     return Health(True, f"REST up, Flink {overview.flink_version}")
 
 
-def taskmanager_health(settings: QactlSettings) -> Health:
-    """Our task manager (this start's resource id) is registered with the job manager."""
-    wanted = taskmanager_id(settings)
+def taskmanager_health(settings: QactlSettings, number: int | None = None) -> Health:
+    """Our task manager ``number`` (default: all of ours), by this start's resource id, is
+    registered with the job manager."""
+    numbers = taskmanager_numbers(settings) if number is None else [number]
+    wanted = [taskmanager_id(settings, n) for n in numbers]
     registered = [tm.id for tm in rest(settings).taskmanagers()]
-    if wanted in registered:
-        return Health(True, f"task manager {wanted} registered")
-    return Health(False, f"task manager {wanted} not registered yet ({len(registered)} registered)")
+    missing = [w for w in wanted if w not in registered]
+    if not missing:
+        return Health(True, f"task manager {', '.join(wanted)} registered")
+    return Health(False, f"task manager {', '.join(missing)} not registered yet ({len(registered)} registered)")
 
 
 def processes(settings: QactlSettings) -> list[ProcessSpec]:
@@ -335,14 +368,17 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
             stop_timeout=90.0,  # a first stop also writes the class-data archive (jvm.py)
             health=lambda: jobmanager_health(settings),
         ),
-        ProcessSpec(
-            name=TASKMANAGER,
-            argv=_script("taskmanager.sh", "-D", f"taskmanager.resource-id={taskmanager_id(settings)}"),
-            env=env,
-            cwd=base(settings),
-            start_timeout=300.0,
-            stop_timeout=90.0,  # a first stop also writes the class-data archive (jvm.py)
-            health=lambda: taskmanager_health(settings),
+        *(
+            ProcessSpec(
+                name=taskmanager_name(settings, number),
+                argv=_script("taskmanager.sh", "-D", f"taskmanager.resource-id={taskmanager_id(settings, number)}"),
+                env=env,
+                cwd=base(settings),
+                start_timeout=300.0,
+                stop_timeout=90.0,  # a first stop also writes the class-data archive (jvm.py)
+                health=lambda number=number: taskmanager_health(settings, number),
+            )
+            for number in taskmanager_numbers(settings)
         ),
     ]
 
@@ -350,7 +386,7 @@ def processes(settings: QactlSettings) -> list[ProcessSpec]:
 def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Health:
     """Task managers registered, free slots and running jobs, from REST /overview."""
     if supervisor is not None:
-        down = [name for name in (JOBMANAGER, TASKMANAGER) if not supervisor.is_running(name)]
+        down = [name for name in process_names(settings) if not supervisor.is_running(name)]
         if down:
             return Health(False, f"not running: {', '.join(down)}")
     try:

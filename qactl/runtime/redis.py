@@ -1,7 +1,12 @@
 """Redis from Debian's ``redis-server``, with its own dir under ``state_dir/redis``.
 
-Configured entirely on the command line (no config file to drift): bound to 127.0.0.1 on the
-configured port, append-only persistence, in the foreground so the supervisor owns it.
+Configured by ``redis.conf`` in that dir, rewritten at each `qactl up` (a file, because it holds
+``requirepass``, and a command line is visible to every user): bound to 127.0.0.1 on the
+configured port, the stack's generated password, protected mode on, append-only persistence,
+in the foreground so the supervisor owns it.
+
+A Redis an older qactl left running (no password) is refused with the way out (`qactl down`,
+then `qactl up`): its clients would lose it. Stopped, its data dir is simply reused.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from qactl.client import redis_client
-from qactl.errors import PrerequisiteError
+from qactl.errors import ConfigError, PrerequisiteError
 from qactl.runtime.component import Component, Report
 from qactl.runtime.supervisor import Health, Port, ProcessSpec, Supervisor
-from services.common.settings import QactlSettings
+from services.common.settings import QactlSettings, write_private_file
 
 INSTALL_HINT = "apt-get install -y redis-server"
 
@@ -29,9 +34,52 @@ def redis_server(required: bool = False) -> str:
     return found or "redis-server"
 
 
+def config_file(settings: QactlSettings) -> Path:
+    return home(settings) / "redis.conf"
+
+
+def config_text(settings: QactlSettings) -> str:
+    r = settings.redis
+    if r.password is None:
+        raise ConfigError("no Redis password: the stack's credentials were not loaded")
+    lines = [
+        "# Written by qactl at each `qactl up` (qactl/runtime/redis.py); edits are replaced.",
+        f"port {r.port}",
+        f"bind {r.host}",
+        f"dir {_quoted(str(home(settings)))}",
+        "daemonize no",
+        "supervised no",
+        'logfile ""',  # stdout, into the supervisor's log file
+        "appendonly yes",
+        "appendfsync everysec",
+        "save 300 10",
+        "protected-mode yes",
+        f"requirepass {_quoted(r.password.get_secret_value())}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def provision(settings: QactlSettings, report: Report) -> None:
     redis_server(required=True)
     home(settings).mkdir(parents=True, exist_ok=True)
+    if Supervisor(settings).is_running("redis") and _answers_without_password(settings):
+        raise ConfigError(
+            "Redis runs without a password (started by an older qactl): "
+            "run `qactl down`, then `qactl up` to restart it with one (data is kept)"
+        )
+    write_private_file(config_file(settings), config_text(settings))
+
+
+def _answers_without_password(settings: QactlSettings) -> bool:
+    r = settings.redis
+    try:
+        return redis_client.ping(f"redis://{r.host}:{r.port}/0", timeout=1.0)
+    except Exception:  # NOAUTH, refused, timed out: not an open Redis
+        return False
 
 
 def probe(settings: QactlSettings) -> Health:
@@ -53,23 +101,9 @@ def health(settings: QactlSettings, supervisor: Supervisor | None = None) -> Hea
 
 def process(settings: QactlSettings) -> ProcessSpec:
     r = settings.redis
-    argv = [
-        redis_server(),
-        "--port", str(r.port),
-        "--bind", r.host,
-        "--dir", str(home(settings)),
-        "--daemonize", "no",
-        "--supervised", "no",
-        "--logfile", "",  # stdout, into the supervisor's log file
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        # Bound to loopback only; protected mode would refuse clients for having no password.
-        "--protected-mode", "no",
-        "--save", "300 10",
-    ]  # fmt: skip
     return ProcessSpec(
         name="redis",
-        argv=argv,
+        argv=[redis_server(), str(config_file(settings))],
         ports=(Port(r.port, "QACTL_REDIS__PORT", r.host),),
         cwd=home(settings),
         stop_timeout=20.0,
@@ -89,7 +123,7 @@ def components(settings: QactlSettings) -> list[Component]:
             health=lambda: health(settings, supervisor),
             processes=lambda: [process(settings)],
             provision=lambda report: provision(settings, report),
-            endpoint=r.connection_url,
+            endpoint=_safe_url(r.connection_url),
         )
     ]
 

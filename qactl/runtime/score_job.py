@@ -176,7 +176,7 @@ def _run(settings: QactlSettings, report: Report, snapshot: snapshots.Snapshot |
         settings.run_dir / f"{NAME}.config.json", JobConfig.from_settings(settings).model_dump_json()
     )
     argv = flink.submit_argv(
-        settings, JOB_SCRIPT, "--config-file", str(config),
+        settings, JOB_SCRIPT, "--config-file", str(config), "--parallelism", str(flink.job_parallelism(settings)),
         "--batch-size", str(settings.flink.score_batch_size), "--max-wait-ms", str(settings.flink.score_max_wait_ms),
         restore_from=snapshot.path if snapshot else None,
     )

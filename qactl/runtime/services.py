@@ -32,8 +32,12 @@ class ServiceRow:
     """One pipeline service.
 
     ``port``: the service's own HTTP port (and the setting that moves it), or None to serve
-    /metrics and /health on its metrics slot. Slots are handed out in table order, so the
-    slots of the fixed services do not move when the number of replicas changes.
+    /metrics and /health on its metrics slot. Every row without a port owns a block of
+    ``MAX_REPLICAS`` slots, in table order, so no slot moves when a number of replicas changes.
+    ``scale_field``: the ``services`` setting that holds its replicas, for `qactl scale`.
+    ``numbered``: replica names carry their number even alone (``llm-consumer-1``); else the
+    first replica keeps the plain name (``persister``, then ``persister-2``), so scaling a
+    service to two leaves the running one as it is.
     """
 
     name: str
@@ -44,6 +48,15 @@ class ServiceRow:
     enabled: Callable[[QactlSettings], bool] = _always
     depends_on: tuple[str, ...] = ("kafka",)
     stop_timeout: float = 30.0
+    scale_field: str | None = None
+    numbered: bool = True
+
+
+MAX_REPLICAS = 10
+
+
+def _replicas_of(field: str) -> Callable[[QactlSettings], int]:
+    return lambda s: getattr(s.services, field)
 
 
 SERVICES: tuple[ServiceRow, ...] = (
@@ -60,16 +73,43 @@ SERVICES: tuple[ServiceRow, ...] = (
         port=lambda s: (s.api.port, "QACTL_API__PORT"),
         depends_on=("kafka", "postgres", "redis"),
     ),
-    ServiceRow("persister", "services.persister", depends_on=("kafka", "postgres", "redis")),
-    ServiceRow("retry-overload", "services.retry", args=("overload",)),
-    ServiceRow("retry-quota", "services.retry", args=("quota",)),
+    ServiceRow(
+        "persister",
+        "services.persister",
+        replicas=_replicas_of("persister_replicas"),
+        depends_on=("kafka", "postgres", "redis"),
+        scale_field="persister_replicas",
+        numbered=False,
+    ),
+    ServiceRow(
+        "retry-overload",
+        "services.retry",
+        args=("overload",),
+        replicas=_replicas_of("retry_overload_replicas"),
+        scale_field="retry_overload_replicas",
+        numbered=False,
+    ),
+    ServiceRow(
+        "retry-quota",
+        "services.retry",
+        args=("quota",),
+        replicas=_replicas_of("retry_quota_replicas"),
+        scale_field="retry_quota_replicas",
+        numbered=False,
+    ),
     ServiceRow(
         "llm-consumer",
         "services.llm_consumer",
-        replicas=lambda s: s.services.llm_consumer_replicas,
+        replicas=_replicas_of("llm_consumer_replicas"),
         depends_on=("kafka", "llm-gateway"),
+        scale_field="llm_consumer_replicas",
     ),
 )
+
+
+def scalable() -> dict[str, ServiceRow]:
+    """The services `qactl scale` can change, by name."""
+    return {row.name: row for row in SERVICES if row.scale_field is not None}
 
 
 def http_health(url: str, timeout: float = 1.0) -> Health:
@@ -96,8 +136,15 @@ def _detail(data: Mapping[str, Any], status: int) -> str:
     return ", ".join(shown) or ("healthy" if status == 200 else f"HTTP {status}")
 
 
-def _process_specs(row: ServiceRow, first_slot: int, settings: QactlSettings) -> list[ProcessSpec]:
-    count = max(0, row.replicas(settings))
+def replica_name(row: ServiceRow, replica: int) -> str:
+    plain = replica == 1 and (row.replicas is _one or not row.numbered)
+    return row.name if plain else f"{row.name}-{replica}"
+
+
+def _process_specs(
+    row: ServiceRow, first_slot: int, settings: QactlSettings, count: int | None = None
+) -> list[ProcessSpec]:
+    count = max(0, row.replicas(settings)) if count is None else count
     specs = []
     for replica in range(1, count + 1):
         slot = first_slot + replica - 1
@@ -108,7 +155,7 @@ def _process_specs(row: ServiceRow, first_slot: int, settings: QactlSettings) ->
         host = "127.0.0.1"
         specs.append(
             ProcessSpec(
-                name=row.name if count == 1 and row.replicas is _one else f"{row.name}-{replica}",
+                name=replica_name(row, replica),
                 argv=(sys.executable, "-m", row.module, *row.args),
                 ports=(Port(number, setting, host),),
                 env={REPLICA_ENV: str(replica), **({} if row.port else {SLOT_ENV: str(slot)})},
@@ -145,16 +192,19 @@ def _component(row: ServiceRow, first_slot: int, settings: QactlSettings) -> Com
     )
 
 
+def first_slots(rows: Sequence[ServiceRow] = SERVICES) -> dict[str, int]:
+    """Each port-less row's first metrics slot: a block of ``MAX_REPLICAS`` each, in table order."""
+    portless = [row.name for row in rows if row.port is None]
+    return {name: index * MAX_REPLICAS for index, name in enumerate(portless)}
+
+
 def components(settings: QactlSettings, rows: Sequence[ServiceRow] = SERVICES) -> list[Component]:
     """Every enabled pipeline service, in start order (the gateway before its consumers)."""
-    found = []
-    slot = 0
-    for row in rows:
-        count = max(0, row.replicas(settings))
-        if row.port is None:
-            first_slot, slot = slot, slot + count
-        else:
-            first_slot = 0
-        if row.enabled(settings):
-            found.append(_component(row, first_slot, settings))
-    return found
+    slots = first_slots(rows)
+    return [_component(row, slots.get(row.name, 0), settings) for row in rows if row.enabled(settings)]
+
+
+def replica_specs(settings: QactlSettings, name: str, count: int = MAX_REPLICAS) -> list[ProcessSpec]:
+    """The first ``count`` replicas of service ``name`` as they would run with ``settings``."""
+    row = {r.name: r for r in SERVICES}[name]
+    return _process_specs(row, first_slots().get(name, 0), settings, count=min(count, MAX_REPLICAS))

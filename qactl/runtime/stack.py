@@ -11,7 +11,8 @@ from qactl.runtime.component import Component
 from qactl.runtime.supervisor import Health, ProcessState, Supervisor
 from services.common.settings import QactlSettings
 
-# phase is one of: provisioning, starting, waiting, setup, ready, unchanged, external, failed
+# phase is one of: provisioning, starting, waiting, setup, ready, unchanged, external, failed,
+# stopping, stopped, cleaned (leftover processes killed)
 Events = Callable[[str, str, str], None]
 
 
@@ -23,12 +24,16 @@ def declared_components(settings: QactlSettings) -> list[Component]:
     """Every component in start order; `qactl down` walks this list backwards.
 
     ``llm.backend = "auto"`` is resolved here, once: every component, and every child through
-    its settings file, then works with the same concrete backend.
+    its settings file, then works with the same concrete backend and the same credentials.
     """
-    from qactl.runtime import flink, kafka, llm_server, postgres, redis, score_job, services
+    from qactl.runtime import credentials, exposure, flink, kafka, llm_server, postgres, redis, score_job, services
     from services.common.backend_choice import resolved
 
-    settings = resolved(settings)
+    # The doors: a private state dir, the stack's credentials in every component's settings
+    # (made once per state dir), and no listener beyond loopback that nothing authenticates.
+    credentials.make_private(settings)
+    settings = resolved(credentials.with_stored(settings, create=True))
+    exposure.check(settings)
     return [
         *kafka.components(settings),
         *flink.components(settings),
@@ -76,6 +81,7 @@ class Stack:
         self.supervisor = Supervisor(settings)
         all_components = list(components) if components is not None else declared_components(settings)
         self.components = [c for c in all_components if not only or c.name in only]
+        self.only = list(only) if only else None
 
     def component(self, name: str) -> Component:
         for candidate in self.components:
@@ -83,9 +89,26 @@ class Stack:
                 return candidate
         raise KeyError(name)
 
+    def _process_names(self) -> list[str] | None:
+        """The processes this stack covers; None for the whole stack (then every leftover counts)."""
+        if self.only is None:
+            return None
+        return [spec.name for comp in self.components if not comp.external for spec in comp.processes()]
+
+    def _kill_leftovers(self, events: Events) -> None:
+        killed = self.supervisor.kill_leftovers(self._process_names())
+        if killed:
+            listed = ", ".join(f"{k.process} (pid {k.pid})" for k in killed[:6])
+            events("stack", "cleaned", f"killed {len(killed)} process(es) no keeper owned: {listed}")
+
     def up(self, events: Events = _ignore) -> UpResult:
-        """Provision and start what is not running, in order; idempotent."""
+        """Provision and start what is not running, in order; idempotent.
+
+        First kills what no keeper owns any more (a worker whose keeper was killed is started
+        afresh below, under a new keeper).
+        """
         result = UpResult()
+        self._kill_leftovers(events)
         launched = self._launch_infra(events)
         for comp in self.components:
             self._up_one(comp, result, events, launched)
@@ -102,13 +125,13 @@ class Stack:
         for comp in self.components:
             if comp.kind != "infra" or comp.external:
                 continue
-            to_start = [s for s in comp.processes() if not self.supervisor.is_running(s.name)]
+            to_start = [s for s in comp.processes() if not self.supervisor.is_kept(s.name)]
             if not to_start:
                 continue
             events(comp.name, "provisioning", "checking what is installed")
             comp.provision(lambda detail, name=comp.name: events(name, "provisioning", detail))
             # Listed again: provisioning may change how a process is run (a new id, a found binary).
-            to_start = [s for s in comp.processes() if not self.supervisor.is_running(s.name)]
+            to_start = [s for s in comp.processes() if not self.supervisor.is_kept(s.name)]
             for spec in to_start:
                 events(comp.name, "starting", spec.name)
                 self.supervisor.start(spec)
@@ -130,7 +153,7 @@ class Stack:
             return
         specs = list(comp.processes())
         just_launched = [s for s in specs if s.name in launched]
-        to_start = [s for s in specs if s.name not in launched and not self.supervisor.is_running(s.name)]
+        to_start = [s for s in specs if s.name not in launched and not self.supervisor.is_kept(s.name)]
         setup_changed = False
         if specs and not to_start and not just_launched:
             health = comp.health()
@@ -144,7 +167,7 @@ class Stack:
             events(comp.name, "provisioning", "checking what is installed")
             comp.provision(lambda detail: events(comp.name, "provisioning", detail))
             specs = list(comp.processes())
-            to_start = [s for s in specs if not self.supervisor.is_running(s.name)]
+            to_start = [s for s in specs if not self.supervisor.is_kept(s.name)]
         for spec in to_start:
             events(comp.name, "starting", spec.name)
             self.supervisor.start(spec)
@@ -184,6 +207,7 @@ class Stack:
                 if self.supervisor.stop(spec.name, spec.stop_signal, spec.stop_timeout):
                     stopped.append(spec.name)
             events(comp.name, "stopped", "")
+        self._kill_leftovers(events)
         if purge:
             shutil.rmtree(self.settings.state_dir, ignore_errors=True)
         return stopped

@@ -1,9 +1,15 @@
 """One generic way to run a process of the stack: start, pid file, log file, health, stop.
 
 A component declares what to run (``ProcessSpec``); the supervisor does the rest the same way
-for Kafka, Flink, PostgreSQL, Redis and every pipeline service. Processes outlive ``qactl up``
-(each in its own session) and are found again through their pid files; nothing restarts them
-but the operator.
+for Kafka, Flink, PostgreSQL, Redis and every pipeline service. Each process runs under a
+keeper (``qactl/runtime/keeper.py``), a small process in a session of its own that outlives
+``qactl up``, restarts the process with backoff when it dies after it was healthy, and kills
+what the process leaves behind. Both are found again through the pid file the keeper writes.
+
+Every process of the stack, and everything it starts, carries the stack's run dir and its
+process name in its environment (``RUN_DIR_ENV``, ``PROCESS_ENV``): ``leftovers()`` finds the
+ones no running keeper owns (re-parented to init, or in a session of their own), and ``stop``
+and ``qactl down`` kill them.
 
 A process that carries the qactl configuration (``ProcessSpec.settings``) gets all of it from one
 file, ``run/<name>.settings.json`` (mode 0600), named by ``QACTL_SETTINGS_FILE``; no child
@@ -18,6 +24,7 @@ import pwd
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +33,27 @@ from pathlib import Path
 import psutil
 
 from qactl.errors import ComponentFailed, PortInUseError
+from qactl.runtime.keeper import (
+    PROCESS_ENV,
+    RUN_DIR_ENV,
+    START_MARKER,
+    Launch,
+    RestartPolicy,
+    describe_exit,
+    kill_all,
+    marked,
+    marks,
+    port_is_free,
+    start_time,
+)
 from services.common.settings import SETTINGS_FILE_ENV, QactlSettings, write_settings_file
 from services.common.waiting import Deadline, poll_until
 
 
 NO_PROBE_GRACE_SECONDS = 1.0
+KEEPER_START_TIMEOUT = 60.0  # for the keeper to launch the worker and write its pid
+KEEPER_EXIT_TIMEOUT = 10.0  # for the keeper to clean up and exit once its worker stopped
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the keeper runs this tree's qactl
 
 
 @dataclass(frozen=True)
@@ -40,7 +63,6 @@ class Health:
     data: Mapping[str, object] = field(default_factory=dict)
 
 
-START_MARKER = "--- qactl starting"  # the line ``start`` writes into the log before each launch
 PORT_GRACE_SECONDS = 3.0  # how long a port a just-killed process held may stay taken
 
 
@@ -73,18 +95,42 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class ProcessState:
+    """A process as its pid file tells it, checked against the live processes.
+
+    ``pid`` is the real worker (the broker JVM, redis-server, ...), what a kill -9 targets;
+    ``keeper_pid`` its keeper when that is alive. ``phase``: running, restarting (waiting out
+    the backoff), gave-up, exited (on its own, or before it was healthy), stopped, unowned
+    (running, but its keeper is gone: the next `qactl up` replaces it), down.
+    """
+
     name: str
     running: bool
     pid: int | None
-    exit_code: int | None = None
+    exit_code: int | None = None  # the last exit of the worker, ``Popen.returncode`` style
+    keeper_pid: int | None = None
+    restarts: int = 0
+    phase: str = "down"
+
+    @property
+    def kept(self) -> bool:
+        """Running under a live keeper, which will restart it."""
+        return self.running and self.keeper_pid is not None
+
+    @property
+    def last_exit(self) -> str | None:
+        return None if self.exit_code is None else describe_exit(self.exit_code)
 
 
-def _start_time(pid: int) -> float | None:
-    """When a pid started: tells our process from a later one that reused its pid."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+@dataclass(frozen=True)
+class Leftover:
+    """A process of this stack that no running keeper owns."""
+
+    pid: int
+    process: str  # the process of the stack it was started for
+    command: str
+
+
+_start_time = start_time
 
 
 def _same_start(now: float | None, recorded: object) -> bool:
@@ -109,16 +155,6 @@ def child_environment(spec_env: Mapping[str, str]) -> dict[str, str]:
     return {**inherited, **spec_env}
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def port_is_listening(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -130,9 +166,10 @@ def port_is_listening(port: int, host: str = "127.0.0.1", timeout: float = 0.5) 
 class Supervisor:
     """Runs ``ProcessSpec``s with pid files under ``run_dir`` and logs under ``log_dir``."""
 
-    def __init__(self, settings: QactlSettings) -> None:
+    def __init__(self, settings: QactlSettings, restart: RestartPolicy | None = None) -> None:
         self.run_dir = settings.run_dir
         self.log_dir = settings.log_dir
+        self.restart = restart or RestartPolicy()
 
     def pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -143,23 +180,50 @@ class Supervisor:
     def settings_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.settings.json"
 
+    def stop_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.stop"
+
+    def launch_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.launch.json"
+
     def _read_pid(self, name: str) -> dict | None:
         try:
             record = json.loads(self.pid_file(name).read_text())
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+        return record if isinstance(record, dict) else None
 
     def state(self, name: str) -> ProcessState:
         record = self._read_pid(name)
         if record is None:
             return ProcessState(name, running=False, pid=None)
-        pid = int(record["pid"])
-        alive = _same_start(_start_time(pid), record.get("start_time")) and _is_alive(pid)
-        return ProcessState(name, running=alive, pid=pid)
+        pid = _live(record, "pid", "start_time")
+        keeper = _live(record, "keeper_pid", "keeper_start_time")
+        phase = str(record.get("state") or "running")
+        if pid is not None and keeper is None:
+            phase = "unowned"
+        elif keeper is None and phase in ("running", "backoff"):
+            phase = "down"  # the keeper was killed with its worker
+        elif phase == "backoff" or (phase == "running" and pid is None):
+            phase = "restarting"
+        recorded = record.get("pid")
+        last_exit = record.get("last_exit")
+        return ProcessState(
+            name,
+            running=pid is not None,
+            pid=recorded if isinstance(recorded, int) else None,
+            exit_code=last_exit if isinstance(last_exit, int) else None,
+            keeper_pid=keeper,
+            restarts=int(record.get("restarts") or 0),
+            phase=phase,
+        )
 
     def is_running(self, name: str) -> bool:
         return self.state(name).running
+
+    def is_kept(self, name: str) -> bool:
+        """Running under its keeper: nothing for `qactl up` to do."""
+        return self.state(name).kept
 
     def check_ports(self, spec: ProcessSpec, grace: float = PORT_GRACE_SECONDS) -> None:
         """Raise ``PortInUseError`` for a port still taken after ``grace`` seconds: a process
@@ -171,10 +235,16 @@ class Supervisor:
                 raise PortInUseError(port.number, spec.name, port.setting)
 
     def start(self, spec: ProcessSpec) -> int:
-        """Start ``spec`` unless it already runs; return its pid. Health is the caller's to await."""
+        """Start ``spec`` under a keeper unless it already runs under one; return the worker's pid.
+
+        A worker whose keeper is gone, or a keeper waiting to restart its worker, is stopped and
+        started afresh. Health is the caller's to await (``wait_healthy`` also arms the restarts).
+        """
         current = self.state(spec.name)
-        if current.running:
+        if current.kept:
             return current.pid  # type: ignore[return-value]
+        if current.running or current.keeper_pid is not None or marked(self.run_dir, spec.name):
+            self.stop(spec.name, spec.stop_signal, spec.stop_timeout)
         self.check_ports(spec)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -183,31 +253,66 @@ class Supervisor:
         env = child_environment(spec.env)
         if spec.settings is not None:
             env[SETTINGS_FILE_ENV] = str(write_settings_file(spec.settings, self.settings_file(spec.name)))
-        demote = demote_fn(spec.run_as)
+        env[RUN_DIR_ENV] = str(self.run_dir)
+        env[PROCESS_ENV] = spec.name
+        launch = Launch(
+            name=spec.name,
+            argv=list(spec.argv),
+            cwd=str(spec.cwd or os.getcwd()),
+            run_dir=str(self.run_dir),
+            ports=[[p.host, p.number] for p in spec.ports],
+            stop_signal=int(spec.stop_signal),
+            stop_timeout=spec.stop_timeout,
+            run_as=spec.run_as,
+            restart=self.restart,
+        )
+        for stale in (self.pid_file(spec.name), self.stop_file(spec.name)):
+            stale.unlink(missing_ok=True)
+        launch.save(self.launch_file(spec.name))
         try:
-            proc = subprocess.Popen(
-                list(spec.argv),
+            keeper = subprocess.Popen(
+                [sys.executable, "-m", "qactl.runtime.keeper", str(self.launch_file(spec.name))],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=spec.cwd,
+                cwd=SOURCE_ROOT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=demote,
             )
         except OSError as exc:
-            raise ComponentFailed(f"{spec.name}: cannot start {spec.argv[0]}: {exc}") from exc
+            raise ComponentFailed(f"{spec.name}: cannot start its keeper: {exc}") from exc
         finally:
             log.close()
-        record = {
-            "pid": proc.pid,
-            "start_time": _start_time(proc.pid),
-            "argv": list(spec.argv),
-            "ports": [p.number for p in spec.ports],
-            "started_at": time.time(),
-        }
-        self.pid_file(spec.name).write_text(json.dumps(record))
-        return proc.pid
+
+        def launched() -> dict | None:
+            record = self._read_pid(spec.name)
+            if record is not None and record.get("keeper_pid") == keeper.pid:
+                return record
+            return {"keeper exited": keeper.returncode} if keeper.poll() is not None else None
+
+        record = poll_until(launched, timeout=KEEPER_START_TIMEOUT, interval=0.02, done=bool)
+        if record and isinstance(record.get("pid"), int):
+            return int(record["pid"])
+        if record and record.get("error"):
+            raise ComponentFailed(f"{spec.name}: {record['error']}")
+        raise ComponentFailed(f"{spec.name}: its keeper did not start it; last log lines:\n{self.tail(spec.name, 15)}")
+
+    def arm(self, name: str) -> bool:
+        """Tell the keeper its worker became healthy: from now on it restarts it when it dies.
+
+        Waits for the keeper to say so in the pid file; False if there is no keeper to arm.
+        """
+        current = self._read_pid(name) or {}
+        keeper = _live(current, "keeper_pid", "keeper_start_time")
+        if keeper is None:
+            return False
+        if current.get("armed"):
+            return True
+        try:
+            os.kill(keeper, signal.SIGUSR1)
+        except ProcessLookupError:
+            return False
+        return bool(poll_until(lambda: (self._read_pid(name) or {}).get("armed"), timeout=10, interval=0.02))
 
     def wait_healthy(self, spec: ProcessSpec, on_wait: Callable[[str], None] | None = None) -> Health:
         """Poll ``spec.health`` until ok; fail fast if the process died, with its log's tail."""
@@ -215,6 +320,8 @@ class Supervisor:
 
         def probe() -> Health:
             if not self.is_running(spec.name):
+                # Its keeper does not restart it before it was healthy: let it note the exit and end.
+                poll_until(lambda: self.state(spec.name).keeper_pid is None, timeout=KEEPER_EXIT_TIMEOUT, interval=0.05)
                 reason = spec.start_error(self.log_of_last_start(spec.name)) if spec.start_error else None
                 if reason:
                     log = self.log_file(spec.name)
@@ -240,6 +347,7 @@ class Supervisor:
             on_wait=report,
         )
         if last.ok:
+            self.arm(spec.name)
             return last
         raise ComponentFailed(
             f"{spec.name} not healthy after {spec.start_timeout:.0f}s ({last.detail}); "
@@ -247,23 +355,75 @@ class Supervisor:
         )
 
     def stop(self, name: str, stop_signal: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
-        """Graceful stop of the whole process group, then forced. True if something was stopped."""
-        current = self.state(name)
-        if not current.running or current.pid is None:
+        """Stop a process and everything it started: ``stop_signal`` to the worker's process
+        group, SIGKILL after ``timeout``; its keeper exits without restarting it; then whatever
+        is still marked with its name is killed. True if something was stopped."""
+        record = self._read_pid(name) or {}
+        worker = _live(record, "pid", "start_time")
+        keeper = _live(record, "keeper_pid", "keeper_start_time")
+        strays = marked(self.run_dir, name)
+        if worker is None and keeper is None and not strays:
             self._forget(name)
             return False
-        pid = current.pid
-        _signal_group(pid, stop_signal)
-        group_gone = lambda: not _group_alive(pid)  # noqa: E731
-        if not poll_until(group_gone, timeout=timeout, interval=0.1):
-            _signal_group(pid, signal.SIGKILL)
-            poll_until(group_gone, timeout=10, interval=0.1)
+        if keeper is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.stop_file(name).touch()  # before the signal: the keeper must not restart it
+        if worker is not None:
+            _signal_group(worker, stop_signal)
+            group_gone = lambda: not _group_alive(worker)  # noqa: E731
+            if not poll_until(group_gone, timeout=timeout, interval=0.1):
+                _signal_group(worker, signal.SIGKILL)
+                poll_until(group_gone, timeout=10, interval=0.1)
+        if keeper is not None and not poll_until(lambda: not _is_alive(keeper), timeout=KEEPER_EXIT_TIMEOUT, interval=0.05):
+            try:
+                os.kill(keeper, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        kill_all(marked(self.run_dir, name))
         self._forget(name)
         return True
 
     def _forget(self, name: str) -> None:
-        self.pid_file(name).unlink(missing_ok=True)
-        self.settings_file(name).unlink(missing_ok=True)
+        for path in (self.pid_file(name), self.settings_file(name), self.stop_file(name), self.launch_file(name)):
+            path.unlink(missing_ok=True)
+
+    def leftovers(self, names: Sequence[str] | None = None) -> list[Leftover]:
+        """Processes of this stack (of ``names``, default all) that no running keeper owns.
+
+        Owned: a live keeper and its descendants (orphans of a worker's tree are re-parented to
+        its keeper). Anything else marked with this stack's run dir is left over: a worker whose
+        keeper was killed, what escaped a killed keeper into init, a process of a stopped one.
+        """
+        keepers: dict[str, int | None] = {}
+        found = []
+        for proc in marked(self.run_dir):
+            mark = marks(proc)
+            if mark is None or (names is not None and mark[1] not in names):
+                continue
+            name = mark[1]
+            if name not in keepers:
+                keepers[name] = self.state(name).keeper_pid
+            keeper = keepers[name]
+            try:
+                if keeper is not None and (proc.pid == keeper or keeper in {p.pid for p in proc.parents()}):
+                    continue
+                command = " ".join(proc.cmdline()) or proc.name()
+            except psutil.Error:
+                continue
+            found.append(Leftover(proc.pid, name, command))
+        return found
+
+    def kill_leftovers(self, names: Sequence[str] | None = None) -> list[Leftover]:
+        """Kill ``leftovers(names)``; returns what was killed."""
+        found = self.leftovers(names)
+        procs = []
+        for leftover in found:
+            try:
+                procs.append(psutil.Process(leftover.pid))
+            except psutil.Error:
+                continue
+        kill_all(procs)
+        return found
 
     def tail(self, name: str, lines: int = 20) -> str:
         return "\n".join(self._log_end(name).splitlines()[-lines:])
@@ -282,6 +442,14 @@ class Supervisor:
                 return fh.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+def _live(record: Mapping[str, object], pid_key: str, start_key: str) -> int | None:
+    """The pid under ``pid_key`` if that process still runs and is the one recorded."""
+    pid = record.get(pid_key)
+    if not isinstance(pid, int):
+        return None
+    return pid if _same_start(_start_time(pid), record.get(start_key)) and _is_alive(pid) else None
 
 
 def _signal_group(pid: int, sig: int) -> None:

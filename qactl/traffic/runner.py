@@ -111,6 +111,7 @@ async def _one_async(
     question: TrafficQuestion,
     poll_interval: float,
     timeout: float,
+    api_down_is_refusal: bool = False,
 ) -> Sample:
     sample = Sample(seq=seq, question=question.question, sent_at=_now(), outcome="rejected")
     # Perceived and real latency both count from here, on the same clock as the deadline.
@@ -119,7 +120,11 @@ async def _one_async(
     try:
         submission = await client.submit(question.question, question.reference_answer)
     except StackNotRunning:
-        raise
+        if not api_down_is_refusal:
+            raise
+        sample.perceived_ms = _ms(time.perf_counter() - started)
+        sample.detail = "the storage API did not answer"
+        return sample
     except QactlError as exc:
         # Refused (4xx) or not accepted right now (503): the asker got no answer.
         sample.perceived_ms = _ms(time.perf_counter() - started)
@@ -148,8 +153,14 @@ async def run_async(
     poll_interval: float = 0.5,
     timeout: float = 300.0,
     on_sample: OnSample | None = None,
+    api_down_is_refusal: bool = False,
 ) -> RunResult:
-    """Send ``questions`` through the storage API at ``rate``/s (None: all at once)."""
+    """Send ``questions`` through the storage API at ``rate``/s (None: all at once).
+
+    The API must answer when the run starts. Later, a question the API does not answer at all
+    ends the run (``StackNotRunning``), unless ``api_down_is_refusal``: then it is a refused
+    question like a 503 (`qactl chaos` kills the API on purpose).
+    """
     started_at = _now()
     finished = 0
     limits = max(16, min(512, len(questions)))
@@ -165,7 +176,7 @@ async def run_async(
                 delay = t0 + (seq - 1) / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            sample = await _one_async(client, seq, question, poll_interval, timeout)
+            sample = await _one_async(client, seq, question, poll_interval, timeout, api_down_is_refusal)
             finished += 1
             if on_sample is not None:
                 on_sample(sample, finished, len(questions))

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.content import Content
 
-from qactl.dashboard.model import Journey, QuestionRow, Snapshot
+from qactl.dashboard.model import GroupLag, Journey, QuestionRow, Snapshot
 from qactl.journey.render import STAGE_STYLE, hop_detail, seconds
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -88,22 +88,40 @@ def topic_flow(snapshot: Snapshot, width: int = 78) -> RenderableType:
 
 
 def consumer_lag(snapshot: Snapshot, width: int = 40) -> RenderableType:
-    """Lag summed per consumer group, with its topics when there is room."""
+    """Lag summed per consumer group, with its topics when there is room.
+
+    A group of several members shows which member holds which partitions instead
+    (``1:0,1 2:2``: member llm-consumer-1 holds partitions 0 and 1), and a group that is
+    rebalancing says so: that is how a `qactl scale` shows.
+    """
     if not snapshot.lags:
         return _missing(snapshot, "lag", "consumer groups")
-    groups: dict[str, tuple[int, list[str]]] = {}
+    groups: dict[str, tuple[int, list[str], GroupLag]] = {}
     for lag in snapshot.lags:
-        total, names = groups.get(lag.group, (0, []))
-        groups[lag.group] = (total + lag.lag, [*names, lag.topic])
+        total, names, first = groups.get(lag.group, (0, [], lag))
+        groups[lag.group] = (total + lag.lag, [*names, lag.topic], first)
     group_width = max(len(g) for g in groups)
     topics_width = width - group_width - 8 - 2
     table = _grid(("group", "left"), ("lag", "right"), ("topics", "left"))
-    for group, (total, names) in sorted(groups.items()):
+    for group, (total, names, first) in sorted(groups.items()):
         style = "green" if total == 0 else "yellow" if total < 100 else "red bold"
-        topics = Text(", ".join(names), style="dim")
+        topics = _members_text(group, first) or Text(", ".join(names), style="dim")
         topics.truncate(max(0, topics_width), overflow="ellipsis")
         table.add_row(group, Text(count(total), style=style), topics if topics_width >= 8 else "")
     return table
+
+
+def _members_text(group: str, lag: GroupLag) -> Text | None:
+    """``×3 1:0 2:1 3:2`` for a group of several members; None for a group of one."""
+    if lag.state and lag.state not in ("stable", "empty", "unknown"):
+        return Text(f"{lag.state} ({lag.members or 0} members)", style="yellow")
+    if not lag.members or lag.members < 2 or not lag.assignment:
+        return None
+    held = " ".join(
+        f"{client.removeprefix(group).lstrip('-') or client}:{','.join(map(str, parts)) or '-'}"
+        for client, parts in lag.assignment
+    )
+    return Text.assemble((f"×{lag.members} ", "bold"), (held, "dim"))
 
 
 def retries(snapshot: Snapshot, width: int = 40) -> RenderableType:
@@ -315,6 +333,11 @@ def status_line(snapshot: Snapshot | None, refresh_seconds: float, paused: bool 
     if snapshot.shortened_delays:
         line.append(" │ ")
         line.append(f"demo delays ×{snapshot.delay_scale:g}", style="yellow")
+    if snapshot.chaos is not None:
+        run = snapshot.chaos
+        line.append(" │ ")
+        in_flight = f", {run.in_flight_at_fault} in flight at the fault" if run.in_flight_at_fault is not None else ""
+        line.append(f"chaos: {run.experiment} ({run.phase}{in_flight})", style="bold magenta")
     if snapshot.errors:
         line.append(" │ ")
         line.append("unreachable: " + ", ".join(sorted(snapshot.errors)), style="bold red")

@@ -1,7 +1,9 @@
 """The answer cache in Redis: written by the persister, read by the storage API.
 
-One key per question id holding the stored outcome as JSON. The cache is only a shortcut:
-PostgreSQL is the truth, so a lost or expired entry costs one database read, never an answer.
+One key per question (``question_key``: the question and its reference, whichever run answered
+it) holding its validated answer as JSON; low-quality and failed outcomes are never cached, so
+asking again runs the pipeline again. The cache is only a shortcut: PostgreSQL is the truth, so a
+lost or expired entry costs one database read, never an answer.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from services.common.schemas import utcnow
+from services.common.schemas import question_key_of, utcnow
 
-CACHE_PREFIX = "qactl:answer:"
+# v2: keyed by question key, validated answers only (v1 held low-quality answers too, by question id).
+CACHE_PREFIX = "qactl:answer:v2:"
 
 
 def cache_key(question_id: str) -> str:
-    return f"{CACHE_PREFIX}{question_id}"
+    """The entry of a question: the same for every run of it (a run's id or the question key)."""
+    return f"{CACHE_PREFIX}{question_key_of(question_id)}"
 
 
 class CachedAnswer(BaseModel):
@@ -26,7 +30,7 @@ class CachedAnswer(BaseModel):
     question: str
     answer: str
     score: float | None = None
-    status: str = Field(description="Terminal state: validated or low_quality.")
+    status: str = Field(description="Terminal state: validated (what is cached and served as a hit).")
     model: str | None = None
     attempt: int = 0
     completed_at: datetime = Field(default_factory=utcnow)

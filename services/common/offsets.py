@@ -118,16 +118,39 @@ class Acknowledgements:
         self._offsets.started(partition, msg.offset())
         self._offsets.done(partition, msg.offset())
 
-    def settle(self, producer: Producer, timeout: float = 30.0) -> list[TopicPartition]:
-        """Wait for the delivery reports (if anything was produced); the offsets to commit, none
-        past a message whose send was not acknowledged."""
+    def settle(
+        self,
+        producer: Producer,
+        stop: threading.Event | None = None,
+        on_wait: Callable[[bool], object] | None = None,
+        interval: float = 1.0,
+    ) -> list[TopicPartition]:
+        """Wait for the delivery reports of what was produced; the offsets to commit, none past a
+        message whose send was not acknowledged.
+
+        Waits as long as Kafka is away (``on_wait(True)`` each ``interval`` while reports are
+        missing, ``on_wait(False)`` once they are in), until ``stop`` is set if given: the caller
+        then stops too, since a later batch's commit would pass the unacknowledged messages.
+        """
         if self._awaited:
-            producer.flush(timeout)
+            while producer.flush(interval) > 0 and self._missing():
+                if stop is not None and stop.is_set():
+                    break
+                if on_wait is not None:
+                    on_wait(True)
+            if on_wait is not None:
+                on_wait(False)
         return [TopicPartition(t, p, o) for (t, p), o in self._offsets.committable().items()]
 
+    def _missing(self) -> bool:
+        """Some delivery report of this batch has not come back yet."""
+        return self._offsets.unfinished() > len(self._undelivered)
+
     def raise_if_undelivered(self) -> None:
-        """After the commit: stop on a send that failed or got no answer, as it cannot be redone in place."""
+        """After the commit: stop on a send that Kafka refused, as it cannot be redone in place.
+
+        A report still missing (stopped while Kafka was away) is no failure: its source is not
+        committed and is consumed again at the next start.
+        """
         if self._undelivered:
             raise NotDelivered(f"{len(self._undelivered)} message(s) not delivered: {'; '.join(self._undelivered[:3])}")
-        if self._offsets.unfinished():
-            raise NotDelivered(f"{self._offsets.unfinished()} message(s) not delivered: no acknowledgement from Kafka in time")

@@ -3,7 +3,13 @@
 Payloads are JSON, keyed by ``question_id``, validated when produced (``encode``) and when
 consumed (``decode``). A message carries everything an operator needs to follow a question:
 the attempt (regeneration count), retry counts per error type, the last error, the answer and
-score when there is one, and the history of hops with a timestamp each.
+score when there is one, the best answer scored so far, and the history of hops with a timestamp
+each.
+
+Identity: a question is its normalized text *and* its reference answer (``question_key``); each
+run of it through the pipeline has its own question id (``question_id_for``): the first run's id
+is the key, a later run (asked again after it ended ``low_quality`` or ``failed``) is
+``<key>-r<n>``. So one question id ends exactly once.
 """
 
 from __future__ import annotations
@@ -30,10 +36,51 @@ def normalize_question(question: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def question_id_for(question: str) -> str:
-    """Stable id of a question: the same normalized question always gets the same id."""
-    digest = hashlib.sha256(normalize_question(question).encode("utf-8")).hexdigest()
+def normalize_reference(reference: str) -> str:
+    """Width- and whitespace-insensitive form of a reference answer (its case is kept: it is scored)."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", reference)).strip()
+
+
+def question_key(question: str, reference_answer: str | None = None) -> str:
+    """What identifies a question as asked: its normalized text and its reference answer.
+
+    Two asks with the same question and reference are the same question (they share answers);
+    a different reference is a different question. Without a reference (or a blank one) the key
+    is the question's alone, the id questions had before references counted.
+    """
+    text = normalize_question(question)
+    reference = normalize_reference(reference_answer) if reference_answer else ""
+    if reference:
+        # U+001F cannot be in either normalized text (it is whitespace, folded to a space).
+        text = f"{text}\x1f{reference}"
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return f"q-{digest[:20]}"
+
+
+_RUN_SUFFIX = re.compile(r"-r([0-9]+)$")
+
+
+def run_question_id(key: str, run: int) -> str:
+    """The question id of run ``run`` (1 = the first) of the question ``key``."""
+    if run < 1:
+        raise ValueError(f"run numbers start at 1, not {run}")
+    return key if run == 1 else f"{key}-r{run}"
+
+
+def question_key_of(question_id: str) -> str:
+    """The question key of a run's question id (the id itself for a first run, or an id of another form)."""
+    return _RUN_SUFFIX.sub("", question_id)
+
+
+def run_of(question_id: str) -> int:
+    """The run number of a question id (1 for a first run)."""
+    found = _RUN_SUFFIX.search(question_id)
+    return int(found.group(1)) if found else 1
+
+
+def question_id_for(question: str, reference_answer: str | None = None, run: int = 1) -> str:
+    """The id of run ``run`` of a question: the same question and reference always get the same ids."""
+    return run_question_id(question_key(question, reference_answer), run)
 
 
 class ErrorKind(StrEnum):
@@ -88,6 +135,22 @@ class RetryCounts(BaseModel):
     quota: int = 0
 
 
+class BestAnswer(BaseModel):
+    """The best-scored answer of a question so far: what it keeps if it ends ``low_quality``."""
+
+    attempt: int = Field(ge=0, description="The attempt that gave it (0 = the first answer).")
+    answer: str
+    score: float
+    model: str
+    backend: str
+    llm_latency_ms: float = Field(ge=0)
+    scored_at: datetime = Field(default_factory=utcnow)
+
+    def better(self, later: "BestAnswer | None") -> "BestAnswer":
+        """``later`` if it scores higher than this one, else this one (a tie keeps the earlier)."""
+        return later if later is not None and later.score > self.score else self
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -105,6 +168,9 @@ class QuestionMessage(_Payload):
     last_error: ErrorInfo | None = None
     previous_answer: str | None = None
     previous_score: float | None = None
+    best: BestAnswer | None = Field(
+        default=None, description="The best scored answer so far; kept if the question ends low_quality."
+    )
     submitted_at: datetime = Field(default_factory=utcnow)
     # Stage name -> when the question entered it, for per-stage latency.
     timestamps: dict[str, datetime] = Field(default_factory=dict)
@@ -130,6 +196,10 @@ class QuestionMessage(_Payload):
         data = self.model_dump(include=shared)
         data.update(timestamps=stamps, hops=[*self.hops, hop], **fields)
         return model(**data)  # type: ignore[return-value]
+
+    def earlier_scores(self) -> list[float]:
+        """The scores of the attempts before this one, from their ``regenerating`` hops."""
+        return [h.score for h in self.hops if h.stage == Stage.regenerating and h.score is not None]
 
 
 Q = TypeVar("Q", bound=QuestionMessage)
@@ -166,6 +236,11 @@ class ScoredAnswer(LLMAnswer):
     threshold: float
     scored_at: datetime = Field(default_factory=utcnow)
     scores: list[float] = Field(default_factory=list, description="Score of every attempt so far.")
+    regeneration_error: ErrorInfo | None = Field(
+        default=None,
+        description="Set when a regeneration's LLM call failed for good: the question ends low_quality "
+        "and answer/score are those of the best earlier attempt (``best``), not of this attempt.",
+    )
 
 
 class DeadLetter(_Payload):

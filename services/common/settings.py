@@ -19,8 +19,9 @@ from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,14 +94,40 @@ class KafkaSettings(BaseModel):
     controller_port: int = 9093
     version: str = "4.1.1"
     heap_mb: int = 512
+    brokers: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Brokers qactl starts (KRaft, each broker also a controller). Broker n listens on "
+        "port + 2(n-1) and controller_port + 2(n-1). Topics get replication factor min(3, brokers), "
+        "and min.insync.replicas 2 from 3 brokers on.",
+    )
+
+    @model_validator(mode="after")
+    def _ports_do_not_overlap(self) -> "KafkaSettings":
+        if self.brokers > 1 and (self.controller_port - self.port) % 2 == 0:
+            raise ValueError(
+                "kafka.port and kafka.controller_port must differ by an odd number with several "
+                "brokers (broker n uses port + 2(n-1) and controller_port + 2(n-1))"
+            )
+        return self
 
     @property
     def external(self) -> bool:
         return self.bootstrap_servers is not None
 
+    def broker_port(self, node_id: int) -> int:
+        return self.port + 2 * (node_id - 1)
+
+    def broker_controller_port(self, node_id: int) -> int:
+        return self.controller_port + 2 * (node_id - 1)
+
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.host}:{self.port}"
+        """Every broker's address, so that a client still connects while one broker is down."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.host}:{self.broker_port(n)}" for n in range(1, self.brokers + 1))
 
 
 class FlinkSettings(BaseModel):
@@ -110,7 +137,14 @@ class FlinkSettings(BaseModel):
     host: str = "127.0.0.1"
     rest_port: int = 8081
     rpc_port: int = 6123
+    taskmanagers: int = Field(default=1, ge=1, le=9, description="TaskManagers qactl starts.")
     taskmanager_slots: int = 2
+    job_parallelism: int | None = Field(
+        default=None,
+        description="Parallelism of the score job; default: 1 with one TaskManager, else "
+        "llm-responses-success's partitions (the cluster profile gives each TaskManager as many "
+        "slots, so one TaskManager can run the whole job after the other is lost).",
+    )
     jobmanager_process_mb: int = 1024
     taskmanager_process_mb: int = 2560
     connector_version: str = "5.0.0-2.2"
@@ -138,10 +172,19 @@ class PostgresSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 5432
     database: str = "qactl"
-    user: str = "qactl"
+    user: str = Field(
+        default="qactl", description="The application role: owns the database, is not a superuser."
+    )
     run_as: str = Field(
         default="postgres", description="Unprivileged OS user that runs the server when qactl is root."
     )
+    # --- credentials (qactl/runtime/credentials.py): unset means generated at the first `qactl up`
+    # and kept under <state_dir>/secrets (0600); a value given here wins.
+    password: SecretStr | None = Field(default=None, description="The application role's password.")
+    admin_user: str = Field(
+        default="postgres", description="The cluster's superuser, used by qactl only (roles, database)."
+    )
+    admin_password: SecretStr | None = Field(default=None, description="The superuser's password.")
 
     @property
     def external(self) -> bool:
@@ -149,9 +192,22 @@ class PostgresSettings(BaseModel):
 
     @property
     def url(self) -> str:
+        """The application's DSN (the external one as given), password included: never print it."""
         if self.dsn is not None:
             return self.dsn.get_secret_value()
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return _postgres_url(self.user, self.password, self.host, self.port, self.database)
+
+    @property
+    def admin_url(self) -> str:
+        """The superuser's DSN to the ``postgres`` database of the cluster qactl runs."""
+        return _postgres_url(self.admin_user, self.admin_password, self.host, self.port, "postgres")
+
+
+def _postgres_url(user: str, password: SecretStr | None, host: str, port: int, database: str) -> str:
+    login = quote(user, safe="")
+    if password is not None:
+        login += ":" + quote(password.get_secret_value(), safe="")
+    return f"postgresql://{login}@{host}:{port}/{database}"
 
 
 class RedisSettings(BaseModel):
@@ -161,6 +217,8 @@ class RedisSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 6379
     cache_ttl_seconds: int = 7 * 24 * 3600
+    # --- credentials: unset means generated at the first `qactl up` (see PostgresSettings).
+    password: SecretStr | None = Field(default=None, description="requirepass of the Redis qactl runs.")
 
     @property
     def external(self) -> bool:
@@ -168,7 +226,11 @@ class RedisSettings(BaseModel):
 
     @property
     def connection_url(self) -> str:
-        return self.url.get_secret_value() if self.url is not None else f"redis://{self.host}:{self.port}/0"
+        """The URL clients use (the external one as given), password included: never print it."""
+        if self.url is not None:
+            return self.url.get_secret_value()
+        login = "" if self.password is None else ":" + quote(self.password.get_secret_value(), safe="") + "@"
+        return f"redis://{login}{self.host}:{self.port}/0"
 
 
 class ApiSettings(BaseModel):
@@ -176,6 +238,11 @@ class ApiSettings(BaseModel):
     port: int = 5001
     max_body_bytes: int = 16 * 1024
     max_question_chars: int = 2000
+    kafka_delivery_timeout_ms: int | None = Field(
+        default=None,
+        description="How long POST /query waits for Kafka's acknowledgement before answering 503; "
+        "default 5000 with one broker, 15000 with several (a failover must fit in it).",
+    )
 
     @property
     def base_url(self) -> str:
@@ -254,7 +321,9 @@ class GatewaySettings(BaseModel):
     seed: int = 42
     latency_ms_min: float = 0.0
     latency_ms_max: float = 0.0
-    admin_token: SecretStr = SecretStr("qactl-dev-token")
+    # --- credentials: unset means generated at the first `qactl up` (see PostgresSettings);
+    # without a token the admin API (fault injection) refuses every request.
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token of the admin API.")
     upstream_url: str | None = Field(
         default=None, description="A real Ollama/OpenAI-compatible LLM to sit in front of."
     )
@@ -265,7 +334,11 @@ class GatewaySettings(BaseModel):
 
 
 class ServicesSettings(BaseModel):
-    llm_consumer_replicas: int = 2
+    # Replicas of the consumer services (`qactl scale <service> N` changes them while running).
+    llm_consumer_replicas: int = Field(default=2, ge=0, le=10)
+    persister_replicas: int = Field(default=1, ge=0, le=10)
+    retry_overload_replicas: int = Field(default=1, ge=0, le=10)
+    retry_quota_replicas: int = Field(default=1, ge=0, le=10)
     # Each pipeline process serves /metrics and /health on metrics_base_port + its slot.
     metrics_base_port: int = 9300
 
@@ -287,6 +360,12 @@ class QactlSettings(BaseSettings):
     llm_server: LlmServerSettings = LlmServerSettings()
     gateway: GatewaySettings = GatewaySettings()
     services: ServicesSettings = ServicesSettings()
+    # --- the doors (qactl/runtime/exposure.py)
+    allow_unauthenticated_listeners: bool = Field(
+        default=False,
+        description="Let Kafka, Flink and the model server listen beyond loopback without "
+        "authentication (a private container network, e.g.); otherwise `qactl up` refuses.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -50,3 +50,18 @@ def delay_topics(policies: Policies) -> tuple[Topic, ...]:
 
 def all_topics(policies: Policies) -> tuple[Topic, ...]:
     return CONTRACT_TOPICS + delay_topics(policies)
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How every topic is replicated on a cluster of ``brokers``: the one rule, read everywhere."""
+
+    factor: int
+    min_insync: int
+
+    @classmethod
+    def for_brokers(cls, brokers: int) -> Replication:
+        """Replication factor min(3, brokers); min.insync.replicas 2 from 3 brokers on, so that
+        with acks=all a write survives the loss of one broker and one broker may be down."""
+        factor = max(1, min(3, brokers))
+        return cls(factor=factor, min_insync=2 if factor >= 3 else 1)

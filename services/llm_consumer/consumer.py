@@ -8,11 +8,13 @@ call becomes one outcome message:
 - an answer -> ``llm-responses-success`` (``LLMAnswer``)
 - overload (429/503/timeouts/5xx) -> ``llm-responses-error-overload`` (``LLMError``)
 - quota (402, insufficient_quota) -> ``llm-responses-error-quota`` (``LLMError``)
-- another 4xx -> ``questions-dead-letter`` (``DeadLetter``)
+- another 4xx -> ``questions-dead-letter`` (``DeadLetter``), or for a regeneration
+  ``low-quality-responses`` with the best answer it already had (``services/common/endings.py``)
 
 The offset of a question becomes committable only when Kafka acknowledged its outcome, and per
 partition the commit never passes an unfinished message (``OffsetTracker``), so a crash at any
-moment redelivers what was not finished.
+moment redelivers what was not finished. While Kafka is away the outcomes wait in the producer
+(no delivery timeout) and ``/health`` says "waiting for kafka"; the replica stays up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from pydantic import BaseModel
 
 from services.common import topics
 from services.common.backend_choice import consumer_concurrency, resolve_backend_kind
+from services.common.endings import failure_ending
 from services.common.kafka import (
+    Committer,
+    KafkaLink,
     consume_batch,
     dead_letter_for_poison,
     is_real_error,
@@ -42,7 +47,6 @@ from services.common.kafka import (
 )
 from services.common.offsets import OffsetTracker, Partition
 from services.common.schemas import (
-    DeadLetter,
     ErrorInfo,
     ErrorKind,
     Hop,
@@ -55,7 +59,7 @@ from services.common.schemas import (
     encode,
     utcnow,
 )
-from services.common.settings import QactlSettings
+from services.common.settings import Policies, QactlSettings
 from services.common.status import StatusTracker
 from services.common.waiting import Deadline
 from services.llm_consumer.calls import CallPool, CallResult
@@ -131,9 +135,15 @@ def generation_of(value: Any, default_model: str) -> Generation:
 
 
 def outcome_for(
-    job: Job, result: CallResult, backend: str, default_model: str, max_answer_chars: int = 8000
+    job: Job,
+    result: CallResult,
+    backend: str,
+    default_model: str,
+    max_answer_chars: int = 8000,
+    threshold: float = Policies.model_fields["quality_threshold"].default,
 ) -> tuple[str, BaseModel, Hop, str]:
-    """(topic, payload, hop, outcome label) for a finished call."""
+    """(topic, payload, hop, outcome label) for a finished call; ``threshold`` is recorded with a
+    best answer kept when a regeneration fails for good."""
     now = utcnow()
     question = job.question
     for earlier in job.hops:  # generating, stamped when the call started
@@ -166,23 +176,8 @@ def outcome_for(
     info = error_info_of(result.error)  # type: ignore[arg-type]
     if info.kind in (ErrorKind.client, ErrorKind.poison, ErrorKind.exhausted):
         reason = f"LLM refused the request ({info.status_code or 'no status'}): {info.message}"[:500]
-        hop = Hop(
-            stage=Stage.failed,
-            topic=topics.DEAD_LETTER.name,
-            at=now,
-            attempt=question.attempt,
-            error=info,
-            note=reason,
-        )
-        letter = DeadLetter(
-            question_id=question.question_id,
-            reason=reason,
-            error=info,
-            source_topic=topics.QUESTIONS_PENDING.name,
-            message=question.advance(hop, last_error=info),
-            failed_at=now,
-        )
-        return topics.DEAD_LETTER.name, letter, hop, "client"
+        ending = failure_ending(question, reason, info, topics.QUESTIONS_PENDING.name, threshold, now)
+        return ending.topic, ending.message, ending.hop, "client"
     if info.kind is ErrorKind.quota:
         topic, stage, label = topics.LLM_QUOTA.name, Stage.retrying_quota, "quota"
     else:
@@ -235,13 +230,22 @@ class LLMConsumer:
         self.heartbeat = time.monotonic()
         self.assigned: set[Partition] = set()
         self._last_commit = 0.0
+        self.kafka = KafkaLink()
+        self.committer = Committer(self.kafka)  # a position Kafka did not take (it was away) is sent again
 
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
         age = time.monotonic() - self.heartbeat
+        waiting = self.kafka.waiting_for_kafka
+        if self.failure is not None:
+            status = "failed"
+        else:
+            status = "waiting for kafka" if waiting else "ok"
         return {
-            "ok": self.failure is None and age < 15,
+            "ok": self.failure is None and age < 15 and not waiting,
+            "status": status,
+            "kafka": self.kafka.report(),
             "service": f"llm-consumer-{self.replica}",
             "backend": self.description,
             "concurrency": self.concurrency,
@@ -257,7 +261,8 @@ class LLMConsumer:
 
     def run(self) -> None:
         consumer = make_consumer(
-            self.settings, self.group_id, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}"
+            self.settings, self.group_id, [topics.QUESTIONS_PENDING.name], client_id=f"llm-consumer-{self.replica}",
+            **self.kafka.client_config("consumer"), **self.committer.consumer_config(),
         )
         consumer.subscribe(
             [topics.QUESTIONS_PENDING.name],
@@ -265,7 +270,7 @@ class LLMConsumer:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        producer = make_producer(self.settings, f"llm-consumer-{self.replica}")
+        producer = make_producer(self.settings, f"llm-consumer-{self.replica}", **self.kafka.client_config("producer"))
         try:
             while not self.stop.is_set() and self.failure is None:
                 self.heartbeat = time.monotonic()
@@ -378,7 +383,8 @@ class LLMConsumer:
         for result in finished:
             job: Job = result.job
             topic, payload, hop, label = outcome_for(
-                job, result, self.backend_name, self.settings.llm.model, self.settings.llm.max_answer_chars
+                job, result, self.backend_name, self.settings.llm.model, self.settings.llm.max_answer_chars,
+                self.settings.policies.quality_threshold,
             )
             CALLS.labels(label, self.backend_name).inc()
             LATENCY.labels(label).observe(result.seconds)
@@ -419,14 +425,12 @@ class LLMConsumer:
             return
         self._last_commit = now
         positions = {p: o for p, o in self.tracker.committable().items() if p in self.assigned}
-        if not positions:
-            return
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=not force)
-            self.tracker.mark_committed(positions)
-        except Exception as exc:  # a failed commit only widens what is redelivered
-            log.warning("commit failed: %s", exc)
+        # Never blocks the poll loop; a failed commit only widens what is redelivered.
+        self.committer.commit(consumer, offsets)
+        self.tracker.mark_committed(positions)
+        if force:
+            self.committer.flush(consumer)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
@@ -454,6 +458,7 @@ class LLMConsumer:
     def _drop(self, partitions: set[Partition]) -> None:
         """Forget partitions moving to another replica; its new owner redoes what was unfinished."""
         self.assigned -= partitions
+        self.committer.forget([TopicPartition(t, p) for t, p in partitions])
         self.buffer = deque(job for job in self.buffer if job.partition not in partitions)
         self.tracker.forget(list(partitions))
 

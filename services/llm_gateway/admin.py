@@ -1,4 +1,8 @@
-"""The admin API: fault rules and call statistics, behind a bearer token."""
+"""The admin API: fault rules and call statistics, behind a bearer token.
+
+The token is ``gateway.admin_token``: generated at the first `qactl up` and kept under the state
+dir; there is no built-in default, and without a token every admin request is refused.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ _bearer = HTTPBearer(auto_error=False)
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    expected = request.app.state.gateway.admin_token.get_secret_value()
+    token = request.app.state.gateway.admin_token
+    if token is None:  # no built-in default: a gateway started without one has no admin API
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin API is disabled: no admin token is configured")
     given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "a valid admin bearer token is required", {"WWW-Authenticate": "Bearer"}
         )

@@ -36,7 +36,7 @@ R = TypeVar("R", bound=BaseModel)
 class GatewayState:
     answerer: Answerer
     faults: FaultBook
-    admin_token: SecretStr
+    admin_token: SecretStr | None  # None: the admin API refuses every request
     model: str
     latency_ms: tuple[float, float]
     timeout_fault_seconds: float
@@ -201,6 +201,10 @@ async def _call(
         headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
         state.record(endpoint, question, rule.kind, started)
         return JSONResponse(body, status_code=status, headers=headers)
+    if rule is not None and rule.kind == "hang":
+        # The LLM hung: the connection is accepted and nothing comes back until the rules are cleared.
+        state.record(endpoint, question, "hang", started)
+        await state.faults.held()
     if rule is not None and rule.kind == "timeout":
         # Counted now: the client gives up long before the stall ends. Then answer normally.
         state.record(endpoint, question, "timeout", started)

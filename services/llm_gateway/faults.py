@@ -5,10 +5,14 @@ from a generator seeded by (gateway seed, rule id), so a run is reproducible. ``
 a rule to questions containing that text (compared normalized), so a demo can target one
 question while others flow normally. The first rule (in order of creation) that fires wins.
 Everything here runs on the event loop thread, so no lock is needed.
+
+``hang``: the call is accepted and never answered while the rule set stands (the LLM hung, not
+refusing); clearing the rules releases the held calls, which are then answered normally.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter, defaultdict
 from typing import Literal
@@ -17,7 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from services.common.schemas import normalize_question
 
-FaultKind = Literal["503", "429", "402", "insufficient_quota", "timeout", "degrade"]
+FaultKind = Literal["503", "429", "402", "insufficient_quota", "timeout", "hang", "degrade"]
 ERROR_KINDS: frozenset[str] = frozenset({"503", "429", "402", "insufficient_quota"})
 
 
@@ -48,6 +52,7 @@ class FaultBook:
         self._rules: list[ActiveRule] = []
         self._generators: dict[int, random.Random] = {}
         self._next_id = 1
+        self._released = asyncio.Event()
 
     def add(self, rule: FaultRule) -> ActiveRule:
         active = ActiveRule(**rule.model_dump(), id=self._next_id, remaining=rule.count)
@@ -63,7 +68,13 @@ class FaultBook:
         cleared = len(self._rules)
         self._rules.clear()
         self._generators.clear()
+        self._released.set()  # calls held by a hang rule go on
+        self._released = asyncio.Event()
         return cleared
+
+    async def held(self) -> None:
+        """Wait until the rules are cleared (a ``hang`` rule holds its calls until then)."""
+        await self._released.wait()
 
     def take(self, question: str) -> ActiveRule | None:
         """The rule that applies to this call, if any; count rules are used up as they fire."""

@@ -2,8 +2,12 @@
 
 A message on ``validated-responses``, ``low-quality-responses`` or ``questions-dead-letter``
 becomes an ``Outcome``: the question's terminal state and the rows that go with it (the answer or
-the failure, the score of every attempt, the time spent in every stage) and, for an answer, the
-cache entry. ``writer.py`` applies it in one transaction, once.
+the failure, the score of every attempt, the time spent in every stage) and, for a validated
+answer, the cache entry. ``writer.py`` applies it in one transaction, once.
+
+The answer stored is the one the question keeps: for ``validated`` the one that passed, for
+``low_quality`` the best-scored of its attempts (``ScoredAnswer.best``), not necessarily the last.
+Only validated answers are cached: a low-quality one is not served again (asking again is a new run).
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class Outcome:
     hops: list[Hop] = field(default_factory=list)
 
     def cache_entry(self) -> CachedAnswer | None:
-        if self.answer is None:
+        """What the API serves as a hit: validated answers only."""
+        if self.answer is None or self.state is not Stage.validated:
             return None
         return CachedAnswer(
             question_id=self.question_id,
@@ -72,6 +77,19 @@ class Outcome:
         )
 
 
+def kept_answer(message: ScoredAnswer, state: Stage) -> ScoredAnswer:
+    """The message with the answer the question keeps: for low_quality, its best-scored attempt's."""
+    best = message.best
+    if state is not Stage.low_quality or best is None:
+        return message
+    return message.model_copy(
+        update={
+            "answer": best.answer, "score": best.score, "model": best.model, "backend": best.backend,
+            "llm_latency_ms": best.llm_latency_ms,
+        }
+    )
+
+
 def outcome_of_answer(message: ScoredAnswer, topic: str, source: str) -> Outcome:
     state = Stage.validated if topic == topics.VALIDATED.name else Stage.low_quality
     terminal_at = message.scored_at
@@ -83,7 +101,7 @@ def outcome_of_answer(message: ScoredAnswer, topic: str, source: str) -> Outcome
         submitted_at=message.submitted_at,
         terminal_at=terminal_at,
         source=source,
-        answer=message,
+        answer=kept_answer(message, state),
         scores=attempt_scores(message),
         timings=stage_timings(message.hops, message.submitted_at, terminal_at),
         hops=list(message.hops),
@@ -147,15 +165,30 @@ def _poison_question_id(key: bytes | None, topic: str, partition: int, offset: i
 
 
 def attempt_scores(message: ScoredAnswer) -> list[AttemptScore]:
-    """Every attempt's score: earlier ones from the ``regenerating`` hops, the last from the message."""
+    """Every scored attempt: earlier ones from the ``regenerating`` hops, the last from the message.
+
+    The answer text is kept for the last attempt and for the best one. A regeneration whose LLM
+    call failed (``regeneration_error``) has no score of its own: the message's score is the best
+    earlier attempt's.
+    """
     found: dict[int, AttemptScore] = {}
     for hop in message.hops:
         if hop.stage == Stage.regenerating and hop.score is not None:
             # A regenerating hop carries the new attempt number and the score that caused it.
             attempt = max(hop.attempt - 1, 0)
             found[attempt] = AttemptScore(attempt, hop.score, hop.at)
-    if message.score is not None:
-        found[message.attempt] = AttemptScore(message.attempt, message.score, message.scored_at, message.answer)
+    texts: dict[int, str] = {}
+    if message.regeneration_error is None:
+        if message.score is not None:
+            found[message.attempt] = AttemptScore(message.attempt, message.score, message.scored_at, message.answer)
+    elif message.previous_answer is not None:  # the last scored attempt is the one before the failed regeneration
+        texts[message.attempt - 1] = message.previous_answer
+    if message.best is not None:
+        texts[message.best.attempt] = message.best.answer
+    for attempt, text in texts.items():
+        earlier = found.get(attempt)
+        if earlier is not None and earlier.answer is None:
+            found[attempt] = AttemptScore(earlier.attempt, earlier.score, earlier.scored_at, text)
     return [found[k] for k in sorted(found)]
 
 

@@ -6,7 +6,8 @@ transaction (``writer.py``) guarded by the question's terminal state, so a repla
 twice. Offsets are committed only after the database commit, or for a dead letter it forwards
 after Kafka's acknowledgement (a refused one stops the persister, uncommitted); while PostgreSQL
 is down the loop waits and retries with backoff, holding the message, so nothing is lost and
-``/health`` says so.
+``/health`` says so. The same for Kafka: a forwarded dead letter waits for Kafka's acknowledgement
+and a commit for the coordinator however long Kafka is away (``services.common.kafka``).
 
 The sweeper (``sweeper.py``) sends a question still open after ``Policies.max_open_seconds``
 to the dead letter as ``stuck``, so that it too ends once, here.
@@ -26,11 +27,13 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
+    Committer,
+    KafkaLink,
     is_real_error,
     make_consumer,
     make_producer,
@@ -73,8 +76,8 @@ class Persister:
         self.writer = writer or Writer(settings.postgres.url)
         self.cache = cache or AnswerCache(settings.redis.connection_url, settings.redis.cache_ttl_seconds)
         self.client_id = client_id
-        self.kafka_ok = False
-        self.kafka_detail = "not connected yet"
+        self.kafka = KafkaLink()
+        self.committer = Committer(self.kafka)
         self.running = False
         self.failure: BaseException | None = None
         self.last_commit_at: float | None = None
@@ -85,12 +88,13 @@ class Persister:
 
     def health(self) -> dict[str, Any]:
         postgres_ok = self.writer.ok
-        ok = self.running and self.failure is None and postgres_ok and self.kafka_ok
+        kafka_waiting = self.kafka.waiting_for_kafka
+        ok = self.running and self.failure is None and postgres_ok and not kafka_waiting
         if self.failure is not None:
             status = "failed"
         elif not postgres_ok:
             status = "waiting for postgres"
-        elif not self.kafka_ok:
+        elif kafka_waiting:
             status = "waiting for kafka"
         else:
             status = "ok" if self.cache.ok else "degraded (no redis cache)"
@@ -98,7 +102,7 @@ class Persister:
             "ok": ok,
             "status": status,
             "postgres": {"ok": postgres_ok, "detail": self.writer.detail},
-            "kafka": {"ok": self.kafka_ok, "detail": self.kafka_detail},
+            "kafka": self.kafka.report(),
             "redis": {"ok": self.cache.ok, "detail": self.cache.detail},
         }
         if self.waiting_since is not None:
@@ -112,12 +116,20 @@ class Persister:
     def run(self) -> None:
         try:
             with ExitStack() as stack:
-                producer = make_producer(self.settings, self.client_id)
-                stack.callback(producer.flush, 30)
+                producer = make_producer(self.settings, self.client_id, **self.kafka.client_config("producer"))
+                # At a stop while Kafka is away, an unacknowledged dead letter's source is consumed again.
+                stack.callback(lambda: producer.flush(30 if self.kafka.ok else 1))
                 consumer = make_consumer(
-                    self.settings, GROUP, SUBSCRIBED, client_id=self.client_id, error_cb=self._on_kafka_error
+                    self.settings, GROUP, SUBSCRIBED, client_id=self.client_id,
+                    **self.kafka.client_config("consumer"), **self.committer.consumer_config(),
+                )
+                consumer.subscribe(
+                    SUBSCRIBED,
+                    on_revoke=lambda _, partitions: self.committer.forget(partitions),
+                    on_lost=lambda _, partitions: self.committer.forget(partitions),
                 )
                 stack.callback(consumer.close)
+                stack.callback(self.committer.flush, consumer)
                 stack.callback(self.writer.close)
                 stack.callback(self.cache.close)
                 self.writer.connect_quietly()
@@ -143,6 +155,8 @@ class Persister:
                 self.sweeper.sweep(producer)  # its dead letters come back through this loop
             messages = consumer.consume(BATCH, timeout=0.5)
             if not messages:
+                if self.committer.pending:
+                    self._commit(consumer, [])  # what Kafka did not take yet (it was away)
                 continue
             acks = Acknowledgements()
             for msg in messages:
@@ -153,7 +167,8 @@ class Persister:
                 if self.handle(msg, producer, acks) is None:
                     break  # stopping while PostgreSQL is down: this one stays uncommitted
             # A forwarded dead letter is acknowledged by Kafka before its source is committed.
-            self._commit(consumer, acks.settle(producer))
+            offsets = acks.settle(producer, self.stop, on_wait=lambda holding: self.kafka.waiting("forward", holding))
+            self._commit(consumer, offsets)
             acks.raise_if_undelivered()
 
     def handle(self, msg: Message, producer: Producer, acks: Acknowledgements) -> str | None:
@@ -237,24 +252,15 @@ class Persister:
         return self.writer.write_unstorable(outcome, reason)
 
     def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-            self.last_commit_at = time.time()
-        except KafkaException as exc:
-            # Not fatal: the messages are replayed after a rebalance and written nothing twice.
-            log.warning("offset commit failed (replay is harmless): %s", exc)
+        """Commit without blocking the loop (``Committer``); a refused commit is not fatal: the
+        messages are replayed after the rebalance and written nothing twice."""
+        self.committer.commit(consumer, offsets)
+        self.last_commit_at = self.committer.last_commit_at
 
     def _probe_kafka(self, consumer: Consumer) -> None:
         try:
             consumer.list_topics(topics.VALIDATED.name, timeout=2.0)
         except KafkaException as exc:
-            self.kafka_ok, self.kafka_detail = False, f"unreachable: {exc}"
+            self.kafka.lost("consumer", str(exc))
             return
-        self.kafka_ok, self.kafka_detail = True, "ok"
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
-            self.kafka_ok, self.kafka_detail = False, f"unreachable: {err.str()}"
-        log.warning("kafka: %s", err.str())
+        self.kafka.seen_up("consumer")

@@ -232,8 +232,9 @@ class Writer:
         stored_state = row[0] if row else None
         kind = "duplicate" if stored_state == outcome.state.value else "conflict"
         entry = None
-        if row is not None and row[2] is not None and stored_state in (Stage.validated.value, Stage.low_quality.value):
-            # The stored answer, not this message's: a replay refreshes the cache with the truth.
+        if row is not None and row[2] is not None and stored_state == Stage.validated.value:
+            # The stored answer, not this message's: a replay refreshes the cache with the truth
+            # (validated only: a low-quality answer is never served as a hit).
             entry = CachedAnswer(
                 question_id=outcome.question_id, question=row[1], answer=row[2], score=row[3],
                 status=row[4] or stored_state, model=row[5], attempt=row[6] or 0, completed_at=row[7],

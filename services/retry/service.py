@@ -4,7 +4,8 @@ Two consumers per process, each in its own thread:
 
 - the *error loop* reads the kind's error topic, decides (``policy.decide``) and produces either
   a ``DelayedRetry`` to the delay topic of that retry level, the error to the next kind's error
-  topic (a Retry-After over the cap), or a ``DeadLetter`` when retries are used up; it commits
+  topic (a Retry-After over the cap), or when retries are used up a ``DeadLetter`` (for a
+  regeneration: its best answer to low-quality-responses, ``services/common/endings.py``); it commits
   only what Kafka acknowledged (a delivery report without error).
 - the *delay loop* reads the delay topics. When the head of a partition is not due yet, it pauses
   that partition and seeks back to the head, so nothing waits in memory and the other partitions
@@ -14,7 +15,9 @@ Two consumers per process, each in its own thread:
 A crash anywhere loses nothing: every offset is committed after its successor message is
 durable, so at worst a retry is re-queued twice (the persister writes terminal states once).
 A send that Kafka refuses for good leaves its source uncommitted and stops the process
-(``offsets.NotDelivered``): the next start consumes it and sends it again.
+(``offsets.NotDelivered``): the next start consumes it and sends it again. Kafka being away is
+no refusal: both loops hold their batch until it is back (``services.common.kafka``), however
+long that takes, and ``/health`` says "waiting for kafka" meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import topics
 from services.common.kafka import (
+    Committer,
+    KafkaLink,
     consume_batch,
     dead_letter_for_poison,
     is_real_error,
@@ -39,9 +44,9 @@ from services.common.kafka import (
     make_producer,
     produce,
 )
+from services.common.endings import failure_ending
 from services.common.offsets import Acknowledgements
 from services.common.schemas import (
-    DeadLetter,
     DelayedRetry,
     ErrorInfo,
     ErrorKind,
@@ -114,13 +119,15 @@ class RetryService:
         self.heartbeats: dict[str, float] = {}
         self.paused: dict[tuple[str, int], float] = {}  # delay partition -> epoch when its head is due
         self.paused_heads: dict[tuple[str, int], int] = {}  # delay partition -> offset of its head
+        self.kafka = KafkaLink()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> None:
         with ExitStack() as stack:
-            producer = make_producer(self.settings, self.client_id)
-            stack.callback(producer.flush, 30)
+            producer = make_producer(self.settings, self.client_id, **self.kafka.client_config("producer"))
+            # At a stop while Kafka is away, what is unacknowledged is simply consumed again later.
+            stack.callback(lambda: producer.flush(30 if self.kafka.ok else 1))
             threads = [
                 threading.Thread(target=self._guard, args=(self._error_loop, producer), name="error-loop"),
                 threading.Thread(target=self._guard, args=(self._delay_loop, producer), name="delay-loop"),
@@ -144,14 +151,37 @@ class RetryService:
     def health(self) -> dict[str, object]:
         now = time.monotonic()
         ages = {name: round(now - beat, 1) for name, beat in self.heartbeats.items()}
-        ok = len(ages) == 2 and all(age < 15 for age in ages.values()) and self.failure is None
+        waiting = self.kafka.waiting_for_kafka
+        ok = len(ages) == 2 and all(age < 15 for age in ages.values()) and self.failure is None and not waiting
+        if self.failure is not None:
+            status = "failed"
+        elif waiting:
+            status = "waiting for kafka"
+        else:
+            status = "ok" if ok else "starting"
         return {
             "ok": ok,
+            "status": status,
             "service": self.spec.service,
+            "kafka": self.kafka.report(),
             "loops_seconds_since_poll": ages,
             "paused_delay_partitions": sorted(f"{t}[{p}]" for t, p in self.paused),
             "delay_scale": self.policies.delay_scale,
         }
+
+    def _commit_after_ack(
+        self, consumer: Consumer, producer: Producer, acks: Acknowledgements, committer: Committer, loop: str
+    ) -> None:
+        """Commit, per partition, up to the first message whose successor Kafka did not acknowledge;
+        then stop if a send was refused. While Kafka is away this waits (the loop stays alive)."""
+
+        def waiting(holding: bool) -> None:
+            self.heartbeats[loop] = time.monotonic()  # alive, holding its batch for Kafka
+            self.kafka.waiting(loop, holding)
+
+        offsets = acks.settle(producer, self.stop, on_wait=waiting)
+        committer.commit(consumer, offsets)
+        acks.raise_if_undelivered()
 
     def _record(self, question_id: str, hop: Hop) -> None:
         if self.status is not None:
@@ -160,8 +190,15 @@ class RetryService:
     # -- error topic -> delay topic or dead letter ---------------------------------------------
 
     def _error_loop(self, producer: Producer) -> None:
+        committer = Committer(self.kafka, "error")
         consumer = make_consumer(
-            self.settings, self.spec.service, [self.spec.error_topic], client_id=self.client_id
+            self.settings, self.spec.service, [self.spec.error_topic], client_id=self.client_id,
+            **self.kafka.client_config("error"), **committer.consumer_config(),
+        )
+        consumer.subscribe(
+            [self.spec.error_topic],
+            on_revoke=lambda _, partitions: committer.forget(partitions),
+            on_lost=lambda _, partitions: committer.forget(partitions),
         )
         try:
             while not self.stop.is_set():
@@ -174,7 +211,8 @@ class RetryService:
                             log.warning("consumer error on %s: %s", self.spec.error_topic, msg.error())
                         continue
                     self._handle_error(producer, msg, acks.awaiting(msg))
-                _commit_after_ack(consumer, producer, acks)
+                self._commit_after_ack(consumer, producer, acks, committer, "error")
+            committer.flush(consumer)
         finally:
             consumer.close()
 
@@ -247,38 +285,30 @@ class RetryService:
             status_code=last.status_code,
             message=f"{decision.reason}; last error: {last.kind.value} {last.status_code or ''} {last.message}".strip(),
         )
-        hop = Hop(
-            stage=Stage.failed,
-            topic=topics.DEAD_LETTER.name,
-            at=now,
-            attempt=failed.attempt,
-            error=error,
-            note=decision.reason,
+        # A regeneration keeps the best answer it already had (low_quality), else the dead letter.
+        ending = failure_ending(
+            failed, decision.reason, error, self.spec.error_topic, self.policies.quality_threshold, now, last_error=last
         )
-        letter = DeadLetter(
-            question_id=failed.question_id,
-            reason=decision.reason,
-            error=error,
-            source_topic=self.spec.error_topic,
-            message=failed.advance(hop, last_error=last),
-            failed_at=now,
-        )
-        produce(producer, topics.DEAD_LETTER.name, letter, on_delivery=delivered)
+        produce(producer, ending.topic, ending.message, on_delivery=delivered)
         EXHAUSTED.labels(self.spec.kind.value).inc()
-        self._record(failed.question_id, hop)
+        self._record(failed.question_id, ending.hop)
 
     # -- delay topics -> questions-pending ----------------------------------------------------
 
     def _delay_loop(self, producer: Producer) -> None:
+        committer = Committer(self.kafka, "delay")
         consumer = make_consumer(
             self.settings,
             self.spec.delay_group,
             self.spec.delay_topics(self.policies),
             client_id=f"{self.client_id}-delay",
+            **self.kafka.client_config("delay"),
+            **committer.consumer_config(),
         )
 
         def forget(_: Consumer, partitions: list[TopicPartition]) -> None:
             # A partition that moves away takes its pause with it; its new owner re-reads the head.
+            committer.forget(partitions)
             for tp in partitions:
                 self.paused.pop((tp.topic, tp.partition), None)
                 self.paused_heads.pop((tp.topic, tp.partition), None)
@@ -300,7 +330,8 @@ class RetryService:
                         continue  # fetched before the pause; the seek brings it back when due
                     self._handle_delayed(consumer, producer, msg, acks)
                 PAUSED.labels(self.spec.kind.value).set(len(self.paused))
-                _commit_after_ack(consumer, producer, acks)
+                self._commit_after_ack(consumer, producer, acks, committer, "delay")
+            committer.flush(consumer)
         finally:
             consumer.close()
 
@@ -366,10 +397,3 @@ class RetryService:
         self._record(waiting.question_id, hop)
 
 
-def _commit_after_ack(consumer: Consumer, producer: Producer, acks: Acknowledgements) -> None:
-    """Commit, per partition, up to the first message whose successor Kafka did not acknowledge;
-    then stop if a send failed."""
-    offsets = acks.settle(producer)
-    if offsets:
-        consumer.commit(offsets=offsets, asynchronous=False)
-    acks.raise_if_undelivered()

@@ -1,8 +1,10 @@
 """The storage API: ``POST /query``, ``GET /status/{id}``, ``GET /metrics``, ``GET /health``.
 
-``POST /query`` looks for a stored answer (Redis cache, then PostgreSQL) and answers 200 with it;
-otherwise it records the accepted question in ``questions`` (one row per question id, so
-identical questions in flight coalesce into one pipeline run), produces it to
+``POST /query`` looks for a validated answer of the question (Redis cache, then PostgreSQL; the
+question is its text and its reference answer, ``question_key``) and answers 200 with it;
+otherwise it records a run of the question in ``questions`` (one row per run, so identical
+questions in flight coalesce into one pipeline run, and a question asked again after its last
+run ended low_quality or failed gets a new run with its own id), produces it to
 ``questions-pending``, waits for Kafka's acknowledgement and answers 202. A question is never
 answered 202 unless it is in Kafka, and never left recorded as queued when it is not.
 """
@@ -17,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common import topics
-from services.common.schemas import TERMINAL_STAGES, Hop, QuestionMessage, Stage, question_id_for, utcnow
+from services.common.schemas import TERMINAL_STAGES, Hop, QuestionMessage, Stage, question_key, utcnow
 from services.common.settings import QactlSettings
 from services.storage_api.inputs import BadInput, QueryRequest, parse_query
 from services.storage_api.metrics import ApiMetrics
@@ -77,21 +79,19 @@ class StorageApi:
             request = parse_query(body, self.settings.api)
         except BadInput as bad:
             return "invalid", error(bad.status, bad.code, bad.detail)
-        question_id = question_id_for(request.question)
+        key = question_key(request.question, request.reference_answer)
 
         started = time.perf_counter()
-        cached = await self.redis.cached_answer(question_id)
+        cached = await self.redis.cached_answer(key)
         self.metrics.cache_step.observe(time.perf_counter() - started)
-        if cached is not None:
+        if cached is not None and cached.status == Stage.validated.value:
             return "cache_hit", hit(cached, "cache")
 
         claim = not self.producer.known_down
         now = utcnow()
         started = time.perf_counter()
         try:
-            lookup = await self.store.lookup_or_claim(
-                question_id, request.question, request.reference_answer, now, claim=claim
-            )
+            lookup = await self.store.lookup_or_claim(key, request.question, request.reference_answer, now, claim=claim)
             self.metrics.database_step.observe(time.perf_counter() - started)
         except DatabaseUnavailable as exc:
             return "unavailable", unavailable(f"PostgreSQL is unavailable ({exc}); the question was not accepted, retry later")
@@ -102,6 +102,8 @@ class StorageApi:
             return "unavailable", unavailable(
                 f"Kafka is unavailable ({self.producer.health.detail}); the question was not accepted, retry later"
             )
+        question_id = lookup.question_id
+        assert question_id is not None  # a claim that found no answer always names a run
         if not lookup.claimed:
             return await self._coalesce(question_id)
         # Registered before any await: an identical request coalescing from now on waits for
@@ -109,7 +111,7 @@ class StorageApi:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[question_id] = done
         if lookup.rearmed:
-            # A new run of a question that failed (or was lost) before: its old live status goes.
+            # Claimed again after its produce was never confirmed: the old live status goes.
             await self.redis.forget_status(question_id)
         return await self._produce(question_id, request, now, done)
 

@@ -1,16 +1,15 @@
 """The API's view of Redis: the answer cache and the live status, both optional.
 
 Redis is a shortcut here, never a dependency: when it fails the API keeps answering from
-PostgreSQL and says "degraded". After a failure, calls are skipped for a short while (a circuit
-breaker) so that a hung Redis costs one timeout, not one per request; a background ping closes
-the circuit again as soon as Redis answers.
+PostgreSQL and says "degraded". After a failure, calls are skipped for a short while (the
+shared ``services.common.breaker.CircuitBreaker``) so that a hung Redis costs one timeout, not one
+per request; a background ping closes the circuit again as soon as Redis answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -18,6 +17,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from services.common.breaker import CircuitBreaker
 from services.common.cache import CachedAnswer, cache_key
 from services.common.schemas import Hop, Stage
 from services.common.status import EVENTS_CHANNEL, STATUS_TTL_SECONDS, hops_key, queue_record, status_key
@@ -56,8 +56,7 @@ class RedisView:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
             max_connections=max_connections,
         )
-        self._open_until = 0.0
-        self.detail = "not checked yet"
+        self.breaker = CircuitBreaker("api", cooldown_seconds=OPEN_SECONDS, errors=(RedisError, OSError))
         self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, max_in_flight=2)
         self._background: set[asyncio.Task[object]] = set()
         # EVALSHA, loaded again by redis-py if Redis restarted and forgot it.
@@ -66,34 +65,31 @@ class RedisView:
 
     @property
     def ok(self) -> bool:
-        return time.monotonic() >= self._open_until
+        return not self.breaker.open
+
+    @property
+    def detail(self) -> str:
+        return self.breaker.detail
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]], default: T) -> T:
-        if not self.ok:
+        if not self.breaker.allow():
             return default
         try:
-            return await call()
+            result = await call()
         except (RedisError, OSError) as exc:
-            self._trip(f"{what}: {exc}")
+            self.breaker.failed(f"{what}: {exc}")
             return default
-
-    def _trip(self, detail: str) -> None:
-        if self.ok:
-            log.warning("redis unavailable, serving without cache: %s", detail)
-        self._open_until = time.monotonic() + OPEN_SECONDS
-        self.detail = f"unreachable: {detail}"
+        self.breaker.succeeded()
+        return result
 
     async def probe(self) -> bool:
         """Ping even while the circuit is open; close it when Redis answers."""
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            self._trip(f"ping: {exc}")
+            self.breaker.failed(f"ping: {exc}")
             return False
-        if not self.ok:
-            log.info("redis is back")
-        self._open_until = 0.0
-        self.detail = "ok"
+        self.breaker.succeeded()
         return True
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:

@@ -1,12 +1,16 @@
 """The API's PostgreSQL access (asyncpg): stored answers and the ``questions`` ledger.
 
-The hot path is one round trip: a single statement looks for a stored answer and, when there is
-none, claims the question in ``questions`` (the first request for a question id inserts the row
-and is the one that produces; identical requests in flight find the row and coalesce). A
-question that failed earlier is claimed again (a new run); one whose produce was never
-confirmed for ``REQUEUE`` seconds too, so an API crash between insert and produce cannot leave a
-question stuck.
+The hot path is one round trip: a single statement looks for a validated answer of the question
+(its key: the normalized question and its reference) and, when there is none, claims a run of it
+in ``questions``:
 
+- no run yet, or the latest run ended ``low_quality`` or ``failed``: a new run, with the next run's
+  question id (``<key>``, then ``<key>-r2``, ...); this request is the one that produces;
+- the latest run is still open: identical requests coalesce on it (202 with its id);
+- the latest run's produce was never confirmed for ``REQUEUE`` seconds: claimed again, same id, so
+  an API crash between insert and produce cannot leave a question stuck.
+
+A run that ended is never re-opened: its ``terminal_at`` is written once (migration 0005).
 Confirmations (``produced_at``) are written in batches off the request path.
 """
 
@@ -38,12 +42,13 @@ class DatabaseUnavailable(Exception):
 class Lookup:
     hit: CachedAnswer | None
     claimed: bool
-    rearmed: bool = False  # claimed over an earlier run (failed, or never confirmed)
+    question_id: str | None = None  # the run this request claimed or coalesces on (None: a hit, or no claim)
+    rearmed: bool = False  # claimed again: the run's produce was never confirmed
 
 
 @dataclass(frozen=True)
 class Claim:
-    question_id: str
+    question_key: str
     question: str
     reference_answer: str | None
     submitted_at: datetime
@@ -86,34 +91,68 @@ class StoredStatus:
         return {k: v for k, v in fields.items() if v is not None}
 
 
-# One statement for a whole batch of requests: stored answers for those that have one, and a
-# claim in ``questions`` for the others (a new row, or a failed / never-confirmed one re-armed).
+# One statement for a whole batch of requests: the validated answer of those that have one, and
+# for the others the latest run of the question: a new run claimed (none yet, or the latest ended
+# without a validated answer), an open one to coalesce on, or an unconfirmed one claimed again.
+# A stored answer matches only when it was scored the same way: against a reference or not (an
+# answer stored before the reference counted in the key had the question's key alone).
 LOOKUP_OR_CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::boolean[])
-        AS i(question_id, question, reference_answer, submitted_at, claim)
+        AS i(question_key, question, reference_answer, submitted_at, claim)
 ), hit AS (
-    SELECT r.question_id, r.question, r.answer, r.score, r.status, r.model, r.attempt, r.completed_at
-    FROM responses r JOIN input USING (question_id)
-), claimed AS (
-    INSERT INTO questions AS q (question_id, question, reference_answer, state, submitted_at, updated_at)
-    SELECT i.question_id, i.question, i.reference_answer, 'queued', i.submitted_at, i.submitted_at
-    FROM input i
-    WHERE i.claim AND NOT EXISTS (SELECT 1 FROM hit h WHERE h.question_id = i.question_id)
-    ON CONFLICT (question_id) DO UPDATE
-        SET question = EXCLUDED.question, reference_answer = EXCLUDED.reference_answer,
-            state = 'queued', submitted_at = EXCLUDED.submitted_at, updated_at = EXCLUDED.updated_at,
-            terminal_at = NULL, produced_at = NULL
-        WHERE q.state = 'failed'
-           OR (q.produced_at IS NULL AND q.terminal_at IS NULL
-               AND q.updated_at < EXCLUDED.updated_at - make_interval(secs => $6))
-    RETURNING q.question_id, (q.xmax = 0) AS fresh
+    SELECT DISTINCT ON (r.question_key)
+           r.question_key, r.question_id, r.question, r.answer, r.score, r.status, r.model, r.attempt, r.completed_at
+    FROM responses r JOIN input i ON r.question_key = i.question_key
+    WHERE r.status = 'validated' AND (r.reference_answer IS NULL) = (i.reference_answer IS NULL)
+    ORDER BY r.question_key, r.completed_at DESC
+), latest AS (
+    SELECT DISTINCT ON (q.question_key)
+           q.question_key, q.question_id, q.run, q.terminal_at, q.produced_at, q.updated_at
+    FROM questions q JOIN input i ON q.question_key = i.question_key
+    ORDER BY q.question_key, q.run DESC
+), answered AS (  -- the last run with an answer stored (an imported one has no questions row)
+    SELECT r.question_key, max(r.run) AS run
+    FROM responses r JOIN input i ON r.question_key = i.question_key
+    GROUP BY r.question_key
+), plan AS (
+    SELECT i.*, l.question_id AS latest_id,
+           l.question_key IS NOT NULL AND l.terminal_at IS NULL AS latest_open,
+           l.question_key IS NOT NULL AND l.terminal_at IS NULL AND l.produced_at IS NULL
+               AND l.updated_at < i.submitted_at - make_interval(secs => $6) AS latest_unconfirmed,
+           CASE WHEN greatest(l.run, a.run) IS NULL THEN i.question_key
+                ELSE i.question_key || '-r' || (greatest(l.run, a.run) + 1) END AS next_id
+    FROM input i LEFT JOIN latest l USING (question_key) LEFT JOIN answered a USING (question_key)
+    WHERE NOT EXISTS (SELECT 1 FROM hit h WHERE h.question_key = i.question_key)
+), fresh AS (
+    INSERT INTO questions (question_id, question, reference_answer, state, submitted_at, updated_at)
+    SELECT p.next_id, p.question, p.reference_answer, 'queued', p.submitted_at, p.submitted_at
+    FROM plan p
+    WHERE p.claim AND NOT p.latest_open
+    ON CONFLICT (question_id) DO NOTHING
+    RETURNING question_key, question_id
+), rearmed AS (
+    UPDATE questions q
+    SET question = p.question, reference_answer = p.reference_answer, submitted_at = p.submitted_at,
+        updated_at = p.submitted_at
+    FROM plan p
+    WHERE p.claim AND p.latest_unconfirmed AND q.question_id = p.latest_id
+      -- Checked again on the row as locked: of two requests racing here, only the first claims it.
+      AND q.produced_at IS NULL AND q.terminal_at IS NULL
+      AND q.updated_at < p.submitted_at - make_interval(secs => $6)
+    RETURNING q.question_key, q.question_id
 )
-SELECT i.question_id, c.question_id IS NOT NULL AS claimed, coalesce(c.fresh, false) AS fresh,
-       h.question AS hit_question, h.answer, h.score, h.status, h.model, h.attempt, h.completed_at
+SELECT i.question_key,
+       coalesce(f.question_id, a.question_id, CASE WHEN p.latest_open THEN p.latest_id ELSE p.next_id END) AS question_id,
+       (f.question_id IS NOT NULL OR a.question_id IS NOT NULL) AS claimed,
+       a.question_id IS NOT NULL AS rearmed,
+       h.question_id AS hit_id, h.question AS hit_question, h.answer, h.score, h.status, h.model, h.attempt,
+       h.completed_at
 FROM input i
-LEFT JOIN claimed c USING (question_id)
-LEFT JOIN hit h USING (question_id)
+LEFT JOIN plan p USING (question_key)
+LEFT JOIN fresh f USING (question_key)
+LEFT JOIN rearmed a USING (question_key)
+LEFT JOIN hit h USING (question_key)
 """
 
 STATUS = """
@@ -180,38 +219,39 @@ class QuestionStore:
         return True
 
     async def lookup_or_claim(
-        self, question_id: str, question: str, reference: str | None, now: datetime, claim: bool
+        self, key: str, question: str, reference: str | None, now: datetime, claim: bool
     ) -> Lookup:
-        """The stored answer, or whether this request claimed the question (then it must produce)."""
-        return await self._lookups.submit(Claim(question_id, question, reference, now, claim))
+        """The validated answer of question ``key``, or the run this request claimed (then it must
+        produce it) or coalesces on."""
+        return await self._lookups.submit(Claim(key, question, reference, now, claim))
 
     async def _lookup_batch(self, claims: list[Claim]) -> list[Lookup]:
         # A statement cannot claim the same row twice: identical questions in one batch go in
         # once, and the others coalesce on the first.
         first: dict[str, Claim] = {}
         for item in claims:
-            first.setdefault(item.question_id, item)
+            first.setdefault(item.question_key, item)
         unique = list(first.values())
         rows = await self._run(
             "lookup", "fetch", LOOKUP_OR_CLAIM,
-            [c.question_id for c in unique], [c.question for c in unique], [c.reference_answer for c in unique],
+            [c.question_key for c in unique], [c.question for c in unique], [c.reference_answer for c in unique],
             [c.submitted_at for c in unique], [c.claim for c in unique], self._requeue_after,
         )
-        found = {row["question_id"]: row for row in rows}
+        found = {row["question_key"]: row for row in rows}
         results = []
         for item in claims:
-            row = found[item.question_id]
+            row = found[item.question_key]
             if row["answer"] is not None:
                 hit = CachedAnswer(
-                    question_id=item.question_id, question=row["hit_question"], answer=row["answer"],
+                    question_id=row["hit_id"], question=row["hit_question"], answer=row["answer"],
                     score=row["score"], status=row["status"], model=row["model"], attempt=row["attempt"] or 0,
                     completed_at=row["completed_at"],
                 )
                 results.append(Lookup(hit=hit, claimed=False))
-            elif row["claimed"] and first[item.question_id] is item:
-                results.append(Lookup(hit=None, claimed=True, rearmed=not row["fresh"]))
+            elif row["claimed"] and first[item.question_key] is item:
+                results.append(Lookup(hit=None, claimed=True, question_id=row["question_id"], rearmed=row["rearmed"]))
             else:
-                results.append(Lookup(hit=None, claimed=False))
+                results.append(Lookup(hit=None, claimed=False, question_id=row["question_id"] if item.claim else None))
         return results
 
     async def release(self, question_id: str, submitted_at: datetime) -> None:

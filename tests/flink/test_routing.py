@@ -145,3 +145,51 @@ def test_default_knowledge_base_supplies_references_for_its_questions() -> None:
     entry = default_knowledge_base().entries[0]
     message = QuestionMessage(question_id=question_id_for(entry.question), question=entry.question)
     assert scoring_reference(message) == entry.reference_answer
+
+
+def regenerate(message: QuestionMessage, text: str, model: str = "qactl-sim") -> LLMAnswer:
+    """The next attempt's answer, as the llm-consumer would produce it."""
+    return LLMAnswer(**message.model_dump(), answer=text, model=model, backend="gateway", llm_latency_ms=2.0)
+
+
+def test_the_best_answer_is_carried_through_regenerations_and_kept_at_the_end() -> None:
+    current = answer()
+    texts = ["first", "second", "third", "fourth"]
+    for number, score in enumerate((0.3, 0.5, 0.2, 0.45)):
+        topic, message = route(current, score, POLICIES)
+        if topic == topics.QUESTIONS_PENDING.name:
+            assert message.best is not None and message.best.score == max((0.3, 0.5, 0.2, 0.45)[: number + 1])
+            current = regenerate(roundtrip(topic, message), texts[number + 1], model=f"m{number + 1}")
+    assert topic == topics.LOW_QUALITY.name and isinstance(message, ScoredAnswer)
+    # The last attempt's own answer and score, every score, and the best answer to keep.
+    assert (message.answer, message.score, message.scores) == ("fourth", 0.45, [0.3, 0.5, 0.2, 0.45])
+    best = roundtrip(topic, message).best
+    assert (best.attempt, best.answer, best.score, best.model) == (1, "second", 0.5, "m1")
+    assert message.hops[-1].note.endswith("kept best answer of attempt 1 (score 0.500)")
+
+
+def test_a_last_answer_that_is_the_best_is_kept_without_a_note() -> None:
+    topic, question = route(answer(), 0.2, POLICIES)
+    strict = Policies(max_regenerations=1)
+    topic, message = route(regenerate(question, "better"), 0.4, strict)
+    assert topic == topics.LOW_QUALITY.name
+    assert (message.best.attempt, message.best.answer) == (1, "better")
+    assert "kept" not in message.hops[-1].note
+
+
+def test_a_tie_keeps_the_earlier_answer() -> None:
+    topic, question = route(answer(), 0.4, POLICIES)
+    topic, question = route(regenerate(question, "as good"), 0.4, POLICIES)
+    assert (question.best.attempt, question.best.answer) == (0, "The capital of France is Paris.")
+
+
+def test_a_validated_answer_is_its_own_best() -> None:
+    topic, question = route(answer(), 0.3, POLICIES)
+    topic, message = route(regenerate(question, "right"), 0.9, POLICIES)
+    assert topic == topics.VALIDATED.name and (message.best.attempt, message.best.answer) == (1, "right")
+
+
+def test_the_knowledge_base_is_found_for_a_later_run_and_a_question_asked_with_a_blank_reference() -> None:
+    kb = {question_id_for(QUESTION): "From the knowledge base."}
+    later_run = answer(reference=None).model_copy(update={"question_id": question_id_for(QUESTION, run=3)})
+    assert scoring_reference(later_run, kb) == "From the knowledge base."

@@ -307,20 +307,99 @@ def test_external_endpoints_are_checked_and_used_but_not_started(infra_stack: Qa
 
 
 @pytest.mark.parametrize(("component", "process"), [("redis", "redis"), ("flink", flink.TASKMANAGER)])
-def test_health_turns_bad_when_a_process_is_killed(infra_stack: QactlSettings, component: str, process: str) -> None:
-    stack = Stack(infra_stack, only=INFRA)
-    pid = Supervisor(infra_stack).state(process).pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Supervisor(infra_stack).is_running(process) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    status = {s.name: s for s in stack.status()}[component]
+def test_a_killed_process_turns_health_bad_then_its_keeper_restarts_it(
+    infra_stack: QactlSettings, component: str, process: str
+) -> None:
+    stack = Stack(infra_stack, only=[component])
+    supervisor = Supervisor(infra_stack)
+    before = supervisor.state(process)
+    assert before.kept, before
+    os.kill(before.pid, signal.SIGKILL)
+    _wait_for(lambda: not supervisor.is_running(process), 10, f"{process} to die")
+    (status,) = stack.status()  # within the keeper's first backoff (1 s)
     assert not status.ok and not status.health.ok
-    # `qactl up` brings it back.
-    result = stack.up()
-    assert component in result.started
-    assert {s.name: s for s in stack.status()}[component].ok
+    # Its keeper restarts it, and the component is healthy again without `qactl up`.
+    after = _wait_for(
+        lambda: (s := supervisor.state(process)).running and s.pid != before.pid and s, 60, f"{process} restarted"
+    )
+    assert after.restarts == before.restarts + 1 and after.exit_code == -signal.SIGKILL
+    assert after.keeper_pid == before.keeper_pid
+    _wait_for(lambda: stack.status()[0].ok, 300, f"{component} healthy again")
+    assert component in stack.up().unchanged  # nothing left for the operator to do
+    assert not supervisor.leftovers()
+
+
+PYTHON_WORKER = ("pyflink-udf-runner", "beam_boot")
+
+
+def _python_workers(settings: QactlSettings) -> dict[int, str]:
+    """The task manager's PyFlink worker processes (the shell runner and its beam_boot)."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if any(word in command for word in PYTHON_WORKER):
+            try:
+                env = proc.environ()
+            except psutil.Error:
+                continue
+            if env.get("QACTL_STACK_RUN_DIR") == str(settings.run_dir):
+                found[proc.pid] = command[:120]
+    return found
+
+
+def test_kill_9_of_the_taskmanager_leaves_no_python_worker_after_the_restart_nor_after_down(
+    infra_stack: QactlSettings,
+) -> None:
+    bootstrap = infra_stack.kafka.bootstrap
+    suffix = uuid.uuid4().hex[:8]
+    source, sink, name = f"test-tm-in-{suffix}", f"test-tm-out-{suffix}", f"test-tm-{suffix}"
+    kafka_admin.ensure_topics(bootstrap, [Topic(source, 1, "test"), Topic(sink, 1, "test")])
+    argv = flink.submit_argv(infra_stack, JOB, "--bootstrap", bootstrap, "--input", source, "--output", sink,
+                             "--name", name)  # fmt: skip
+    submitted = subprocess.run(
+        argv, env={**os.environ, **flink.flink_env(infra_stack)}, capture_output=True, text=True, timeout=600
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    supervisor = Supervisor(infra_stack)
+    flink_only = Stack(infra_stack, only=["flink"])
+    try:
+        produce(bootstrap, source, b"before")
+        assert consume_until(bootstrap, sink, b"copied:before", timeout=300) is not None
+        workers = _python_workers(infra_stack)  # the job's Python UDF runs in them
+        assert workers, "no PyFlink worker process on the task manager"
+        taskmanager = supervisor.state(flink.TASKMANAGER)
+        os.kill(taskmanager.pid, signal.SIGKILL)  # the JVM alone, as the kernel's OOM killer would
+
+        _wait_for(
+            lambda: (s := supervisor.state(flink.TASKMANAGER)).running and s.pid != taskmanager.pid, 60, "the restart"
+        )
+        still = {pid: cmd for pid, cmd in _python_workers(infra_stack).items() if pid in workers}
+        assert not still, f"the dead task manager's Python worker survived its restart: {still}"
+        assert not supervisor.leftovers()
+        assert "left by the worker" in supervisor.log_file(flink.TASKMANAGER).read_text()
+
+        # The job comes back on the restarted task manager, with a Python worker of its own ...
+        _wait_for(lambda: flink_only.status()[0].ok, 300, "flink healthy again")
+        produce(bootstrap, source, b"after")
+        assert consume_until(bootstrap, sink, b"copied:after", timeout=300) is not None
+        assert _python_workers(infra_stack)
+    finally:
+        # ... which `down` ends with the rest of the task manager's tree.
+        flink_only.down()
+    assert not _python_workers(infra_stack) and not supervisor.leftovers()
+    flink_only.up()
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _group_listening_ports(pgid: int) -> set[int]:
@@ -367,6 +446,7 @@ def test_down_leaves_no_process_and_no_port_then_up_restores(infra_stack: QactlS
     # by another program at any time, so only the fixed ones are probed from outside.
     assert not [port for port in fixed if port_is_listening(port)]
     assert not list(supervisor.run_dir.glob("*.pid"))
+    assert not supervisor.leftovers()  # nothing of the stack's process trees either
 
     result = stack.up()  # warm start, leaving the stack up for the modules that follow
     assert sorted(result.started) == sorted(INFRA)

@@ -247,5 +247,30 @@ def test_killing_the_taskmanager_mid_run_loses_nothing(pipeline, gateway, api):
     assert in_flight, "no answer was in the score job when its TaskManager died"
     open_at_kill = [qid for qid, found in terminal_rows(pipeline, sorted(in_flight)).items() if not found]
     assert open_at_kill, "every answer in the job was already terminal"
-    Stack(pipeline, only=["flink"]).up()  # the operator brings the TaskManager back
+    Stack(pipeline, only=["flink"]).up()  # its keeper restarts the TaskManager; up waits until healthy
     assert_each_terminal_exactly_once(pipeline, api, ids)
+
+
+def test_asked_again_after_low_quality_a_question_is_a_new_run_and_each_run_ends_once(pipeline, gateway, api):
+    """The first run ends low_quality with the best of its answers; that answer is not served again:
+    asking again starts run 2 (its own id), which validates; then the validated answer is served."""
+    question, reference, tag = tagged(6)
+    gateway.inject_fault("degrade", count=pipeline.policies.max_regenerations + 1, match=tag)
+    first = api.submit(question, reference)
+    assert first.http_status == 202
+    assert wait_terminal(api, first.question_id).state == "low_quality"
+    with db.connect(pipeline.postgres.url, timeout=None) as conn, conn.cursor() as cur:
+        cur.execute("SELECT score FROM score_history WHERE question_id = %s", (first.question_id,))
+        scores = [score for (score,) in cur.fetchall()]
+        cur.execute("SELECT score FROM responses WHERE question_id = %s", (first.question_id,))
+        (kept,) = cur.fetchone()
+    assert len(scores) == pipeline.policies.max_regenerations + 1 and kept == max(scores)
+
+    again = api.submit(question, reference)
+    assert again.http_status == 202 and again.question_id == f"{first.question_id}-r2"
+    assert wait_terminal(api, again.question_id).state == "validated"
+    assert terminal_rows(pipeline, [first.question_id, again.question_id]) == {
+        first.question_id: ["low_quality"], again.question_id: ["validated"],
+    }
+    served = api.submit(question, reference)
+    assert (served.http_status, served.question_id, served.status) == (200, again.question_id, "validated")

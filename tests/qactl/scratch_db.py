@@ -24,11 +24,13 @@ from services.common.settings import QactlSettings
 def scratch_database(settings: QactlSettings, label: str) -> Iterator[QactlSettings]:
     """Settings whose ``postgres.url`` is a fresh, migrated database; dropped afterwards."""
     name = f"qactl_{label}_{uuid.uuid4().hex[:8]}"
-    admin = pg.connect(settings.postgres.url, dbname="postgres")
+    # The superuser creates it (the application role may not create databases) for the
+    # application role, which owns it and migrates it, as in the stack's own database.
+    admin = pg.connect(settings.postgres.admin_url)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
+            cur.execute(f'CREATE DATABASE {name} OWNER "{settings.postgres.user}"')
         # A URL, not libpq's key=value form: the storage API's asyncpg only takes URLs.
         dsn = settings.postgres.url.rsplit("/", 1)[0] + f"/{name}"
         db.migrate(dsn)

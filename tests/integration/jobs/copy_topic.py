@@ -42,6 +42,10 @@ def main() -> None:
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     env.get_config().set("pipeline.name", args.name)
+    # Back on a restarted task manager (the keeper's restart of a killed one), as the score job is.
+    env.get_config().set("restart-strategy.type", "fixed-delay")
+    env.get_config().set("restart-strategy.fixed-delay.attempts", "100")
+    env.get_config().set("restart-strategy.fixed-delay.delay", "3 s")
     env.execute_sql(kafka_table("source_topic", args.input, args.bootstrap, args.name))
     env.execute_sql(kafka_table("sink_topic", args.output, args.bootstrap, args.name))
     env.create_temporary_function("mark_copied", mark_copied)

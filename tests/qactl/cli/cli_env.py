@@ -19,6 +19,14 @@ def use_settings(monkeypatch: pytest.MonkeyPatch, settings: QactlSettings) -> No
     monkeypatch.setenv("QACTL_SERVICES__METRICS_BASE_PORT", str(settings.services.metrics_base_port))
     monkeypatch.setenv("QACTL_LLM__BACKEND", settings.llm.backend)
     monkeypatch.setenv("QACTL_LLM__TIMEOUT_SECONDS", str(settings.llm.timeout_seconds))
+    # The stack's credentials (its state dir's, which the CLI's isolated state dir does not hold).
+    for name, secret in (
+        ("QACTL_POSTGRES__PASSWORD", settings.postgres.password),
+        ("QACTL_REDIS__PASSWORD", settings.redis.password),
+        ("QACTL_GATEWAY__ADMIN_TOKEN", settings.gateway.admin_token),
+    ):
+        if secret is not None:
+            monkeypatch.setenv(name, secret.get_secret_value())
     if settings.postgres.dsn is not None:
         monkeypatch.setenv("QACTL_POSTGRES__DSN", settings.postgres.dsn.get_secret_value())
 

@@ -67,13 +67,15 @@ def test_a_case_with_faults_needs_the_gateway(api_only: QactlSettings, monkeypat
     assert "llm-gateway does not answer" in flat(result.output)
 
 
+REFERENCE = "Stored answers come from PostgreSQL or Redis."
 STORED_CASE = """
 name: stored
 title: "Stored: a question answered before comes back at once"
 unique: false
 asks:
   - question: {question}
-    reference_answer: Stored answers come from PostgreSQL or Redis.
+    reference_answer: {reference}
+    timeout_seconds: 3
     expect:
       response: answered
       terminal: validated
@@ -86,10 +88,11 @@ def test_a_case_file_runs_against_the_api(api_only: QactlSettings, monkeypatch: 
     use_settings(monkeypatch, api_only)
     question = "Where do stored answers come from?"
     stored = tmp_path / "response.json"
-    stored.write_text(json.dumps([{"question": question, "answer": "From the store.", "score": 0.93}]))
+    stored.write_text(json.dumps([{"question": question, "answer": "From the store.", "score": 0.93,
+                                   "reference_answer": REFERENCE}]))
     import_file(api_only.postgres.url, stored, 0.75)
     case = tmp_path / "stored.yaml"
-    case.write_text(STORED_CASE.format(question=question))
+    case.write_text(STORED_CASE.format(question=question, reference=REFERENCE))
     with Gateway(api_only):
         narrated = runner.invoke(app, ["demo", str(case)], env={"COLUMNS": "200"})
         as_json = runner.invoke(app, ["demo", str(case), "--json"])
@@ -109,11 +112,13 @@ def test_a_case_whose_expectation_fails_exits_2(api_only: QactlSettings, monkeyp
     use_settings(monkeypatch, api_only)
     question = "Which stored answer is low quality?"
     stored = tmp_path / "response.json"
-    stored.write_text(json.dumps([{"question": question, "answer": "Off topic.", "status": "low_quality"}]))
+    stored.write_text(json.dumps([{"question": question, "answer": "Off topic.", "status": "low_quality",
+                                   "reference_answer": REFERENCE}]))
     import_file(api_only.postgres.url, stored, 0.75)
     case = tmp_path / "expects-validated.yaml"
-    case.write_text(STORED_CASE.format(question=question).replace("      llm_calls: 0\n", ""))
+    case.write_text(STORED_CASE.format(question=question, reference=REFERENCE).replace("      llm_calls: 0\n", ""))
     result = runner.invoke(app, ["demo", str(case)], env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
-    assert "FAIL terminal: terminal state low_quality, expected validated" in flat(result.output)
+    # A low-quality answer is not served again: the question is accepted to run again.
+    assert "FAIL response: POST /query answered 202, expected 200" in flat(result.output)
     assert "the expected path did NOT happen" in flat(result.output)

@@ -165,3 +165,34 @@ def test_the_demo_profile_is_a_copy_of_the_settings_not_an_environment_variable(
     (settings,) = given
     assert settings.policies.delay_scale == 0.05 and settings.policies.quota_delay() == 3.0
     assert dict(os.environ) == before
+
+
+def test_status_shows_the_restarts_and_last_exit_of_a_process():
+    # A stand-in process under the name of the stack's redis, killed once: its keeper restarted it.
+    import signal
+    import sys
+    import time
+
+    from qactl.runtime.supervisor import ProcessSpec, Supervisor
+    from services.common.settings import load_settings
+
+    supervisor = Supervisor(load_settings())
+    spec = ProcessSpec("redis", [sys.executable, "-c", "import time; time.sleep(600)"])
+    first = supervisor.start(spec)
+    try:
+        supervisor.wait_healthy(spec)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not (supervisor.state("redis").running and supervisor.state("redis").pid != first):
+            assert time.monotonic() < deadline, "never restarted"
+            time.sleep(0.05)
+        report = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+        (redis,) = [c for c in report["components"] if c["name"] == "redis"]
+        (process,) = redis["processes"]
+        assert process["running"] and process["restarts"] == 1 and process["last_exit"] == "killed by SIGKILL"
+        assert process["keeper_pid"] and process["phase"] == "running"
+        result = runner.invoke(app, ["status"], env={"COLUMNS": "250"})
+        (row,) = [line for line in result.output.splitlines() if line.split()[:1] == ["redis"]]
+        assert "1 (last: killed by SIGKILL)" in row
+    finally:
+        supervisor.stop("redis")

@@ -57,6 +57,9 @@ class Quality:
     def regeneration_outcomes(self):
         return RegenerationOutcomes({0: 3})
 
+    def running_chaos(self):
+        return None
+
     def questions(self, ids):
         self.question_lookups.append(list(ids))
         return {qid: f"text of {qid}" for qid in ids if qid != "q-unknown"}

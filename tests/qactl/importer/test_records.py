@@ -47,7 +47,9 @@ def test_a_complete_record_maps_to_every_column() -> None:
     )
     (qid, question, reference, answer, score, status, threshold, attempt, r_over, r_quota, model, backend, latency,
      submitted, completed) = row.values
-    assert qid == question_id_for("What is Kafka?") and question == "What is Kafka?"
+    # The pipeline's id of the same question asked with the same reference.
+    assert qid == question_id_for("What is Kafka?", "A distributed log.") and question == "What is Kafka?"
+    assert qid != question_id_for("What is Kafka?")
     assert (reference, answer, score, status, threshold) == ("A distributed log.", "A log.", 0.91, "validated", None)
     assert (attempt, r_over, r_quota, model, backend, latency) == (2, 1, 0, "llama3", "ollama", 1234.5)
     assert completed == datetime(2025, 5, 1, 10, tzinfo=timezone.utc)

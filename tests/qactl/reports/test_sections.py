@@ -80,7 +80,7 @@ def test_every_section_says_not_measured_on_an_empty_database(empty: QactlSettin
     sections = collect(empty.postgres.url, 0.75)
     assert [s.name for s in sections] == [
         "latency", "errors", "regeneration", "regeneration_outcomes", "by_model", "throughput", "baseline",
-        "comparison",
+        "comparison", "chaos",
     ]
     for section in sections:
         assert section.rows == [], section.name

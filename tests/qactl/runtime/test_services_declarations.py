@@ -24,12 +24,12 @@ def test_every_service_is_python_dash_m_with_its_slot_and_health_port(tmp_path) 
     assert list(found) == ["llm-gateway", "storage-api", "persister", "retry-overload", "retry-quota", "llm-consumer"]
     consumers = list(found["llm-consumer"].processes())
     assert [p.name for p in consumers] == ["llm-consumer-1", "llm-consumer-2", "llm-consumer-3"]
-    assert [p.ports[0].number for p in consumers] == [23303, 23304, 23305]
-    assert [p.env["QACTL_SERVICE_SLOT"] for p in consumers] == ["3", "4", "5"]
+    assert [p.ports[0].number for p in consumers] == [23330, 23331, 23332]
+    assert [p.env["QACTL_SERVICE_SLOT"] for p in consumers] == ["30", "31", "32"]
     assert [p.env["QACTL_SERVICE_REPLICA"] for p in consumers] == ["1", "2", "3"]
     (overload,) = found["retry-overload"].processes()
     assert list(overload.argv) == [sys.executable, "-m", "services.retry", "overload"]
-    assert overload.ports[0].number == 23301
+    assert overload.ports[0].number == 23310
     (api,) = found["storage-api"].processes()
     assert list(api.argv)[1:] == ["-m", "services.storage_api"] and api.ports[0].number == 23001
     (gateway,) = found["llm-gateway"].processes()

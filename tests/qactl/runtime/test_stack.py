@@ -81,3 +81,38 @@ def test_a_component_that_never_gets_healthy_fails_up(settings: QactlSettings) -
         assert not Supervisor(settings).is_running("sick")
     finally:
         stack.down()
+
+
+def test_a_killed_process_comes_back_by_itself_and_down_leaves_nothing(settings: QactlSettings) -> None:
+    import os
+    import signal
+    import time
+
+    from qactl.runtime.keeper import RestartPolicy
+
+    component = sleeper_component(settings, "service-d", "service", [])
+    stack = Stack(settings, components=[component])
+    stack.supervisor = Supervisor(settings, RestartPolicy(first_delay=0.2))
+    try:
+        stack.up()
+        (before,) = stack.status()[0].processes
+        os.kill(before.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            (after,) = stack.status()[0].processes
+            if after.running and after.pid != before.pid:
+                break
+            time.sleep(0.05)
+        assert after.running and after.restarts == 1 and after.last_exit == "killed by SIGKILL"
+        assert stack.status()[0].ok
+        # Its keeper killed -9 too: the next `up` replaces the worker nothing would restart.
+        os.kill(after.keeper_pid, signal.SIGKILL)
+        while stack.supervisor.state("service-d").phase != "unowned":
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+        assert stack.up().started == ["service-d"]
+        (replaced,) = stack.status()[0].processes
+        assert replaced.kept and replaced.pid != after.pid and replaced.restarts == 0
+    finally:
+        assert stack.down() == ["service-d"]
+    assert stack.supervisor.leftovers() == []

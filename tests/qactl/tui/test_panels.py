@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qactl.client.llm_server import ModelServerState
-from qactl.dashboard.model import LlmState, RegenerationOutcomes, histogram, score_edges
+from qactl.dashboard.model import ChaosRun, LlmState, RegenerationOutcomes, histogram, score_edges
 from qactl.tui import panels
 from services.common.backend_choice import LlmRoute
 from tests.qactl.tui.conftest import render_text
@@ -179,3 +179,30 @@ def test_journey_without_hops_says_so():
     from qactl.dashboard.model import Journey
 
     assert "no hops recorded" in render_text(panels.journey(Journey("q-x", ()), 0.75))
+
+
+def test_status_line_names_the_chaos_experiment_under_way():
+    quiet = panels.status_line(recorded_snapshot(), 1.0).plain
+    assert "chaos" not in quiet
+    running = replace(recorded_snapshot(), chaos=ChaosRun(3, "kill-persister", "fault", T0, 7))
+    assert "chaos: kill-persister (fault, 7 in flight at the fault)" in panels.status_line(running, 1.0).plain
+
+
+def test_consumer_lag_shows_which_member_holds_which_partition_and_a_rebalance() -> None:
+    from rich.console import Console
+
+    from qactl.dashboard.model import GroupLag
+    from qactl.tui.panels import consumer_lag
+
+    def shown(*lags: GroupLag) -> str:
+        console = Console(width=60, record=True)
+        console.print(consumer_lag(replace(recorded_snapshot(), lags=lags), width=60))
+        return console.export_text()
+
+    assignment = (("llm-consumer-1", (0, 1)), ("llm-consumer-2", (2,)))
+    assert "×2 1:0,1 2:2" in shown(GroupLag("llm-consumer", "questions-pending", 4, 2, "stable", assignment))
+    assert "preparingrebalance (3 members)" in shown(
+        GroupLag("llm-consumer", "questions-pending", 4, 3, "preparingrebalance", assignment)
+    )
+    # A group of one keeps listing its topics.
+    assert "validated-responses" in shown(GroupLag("persister", "validated-responses", 0, 1, "stable"))

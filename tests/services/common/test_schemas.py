@@ -19,6 +19,33 @@ def test_question_id_is_stable_for_the_same_normalized_question():
     assert question_id_for("What is Kafka?") != question_id_for("What is Flink?")
 
 
+def test_the_reference_answer_is_part_of_a_questions_identity():
+    from services.common.schemas import question_key
+
+    plain = question_key("What is Kafka?")
+    with_reference = question_key("What is Kafka?", "A distributed log.")
+    assert with_reference != plain
+    assert question_key("what is  KAFKA?", "  A distributed\n log. ") == with_reference  # spacing is not meaning
+    assert question_key("What is Kafka?", "a distributed log.") != with_reference  # case is scored, so it counts
+    assert question_key("What is Kafka?", "   ") == question_key("What is Kafka?", None) == plain
+    # A separator inside the text cannot make two different (question, reference) pairs collide.
+    assert question_key("a\x1fb", "c") != question_key("a", "b\x1fc")
+
+
+def test_each_run_of_a_question_has_its_own_id_and_the_same_key():
+    from services.common.schemas import question_key, question_key_of, run_of
+
+    key = question_key("What is Kafka?", "A log.")
+    first, second = question_id_for("What is Kafka?", "A log."), question_id_for("What is Kafka?", "A log.", run=2)
+    assert (first, second) == (key, f"{key}-r2")
+    assert [question_key_of(i) for i in (first, second)] == [key, key]
+    assert [run_of(i) for i in (first, second, f"{key}-r12")] == [1, 2, 12]
+    assert question_key_of("poison-questions-dead-letter-0-7") == "poison-questions-dead-letter-0-7"
+    assert len(question_id_for("x", run=999_999)) <= 64
+    with pytest.raises(ValueError):
+        question_id_for("x", run=0)
+
+
 def test_round_trip_keeps_every_field():
     message = QuestionMessage(question_id="q-1", question="What is Kafka?", reference_answer="A log.")
     assert decode(QuestionMessage, encode(message)) == message

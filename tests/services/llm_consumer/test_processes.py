@@ -1,18 +1,25 @@
 """llm-consumer replicas as real processes, declared exactly as `qactl up` declares them.
 
-kill -9 while LLM calls are in flight: every question still produces its outcome
-(at-least-once; duplicates are allowed and absorbed downstream by the persister).
+kill -9 while LLM calls are in flight: the calls the killed replica had in flight are redone by
+the other replica, and every question ends in exactly one terminal state in PostgreSQL, through
+the whole pipeline behind the consumers (the score job, the retry services and the persister, as
+`qactl up` runs them).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
 from services.common import topics
+from services.common.schemas import Stage, utcnow
 from services.common.settings import QactlSettings
+from services.common.status import StatusTracker
 from qactl.runtime.supervisor import Supervisor
 from tests.services.pipeline import (
     Gateway,
@@ -20,23 +27,40 @@ from tests.services.pipeline import (
     produce_models,
     specs_of,
     supervised,
+    terminal_rows,
     unique_question,
     wait_until,
     watching,
 )
+from tests.services.storage_stack import query
+from tests.stack import running
 
 pytestmark = pytest.mark.stack
 
+BEHIND_THE_CONSUMERS = ["score-job", "retry-overload", "retry-quota", "persister"]
 
-def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(stack_settings: QactlSettings) -> None:
-    settings = stack_settings.model_copy(
+
+@pytest.fixture(scope="module")
+def pipeline(stack_settings: QactlSettings) -> Iterator[QactlSettings]:
+    """Everything a question meets after the llm-consumers, as `qactl up` runs it."""
+    with running(stack_settings, BEHIND_THE_CONSUMERS):
+        yield stack_settings
+
+
+def calls_started(hops, replica: str) -> list[datetime]:
+    """When ``replica`` started an LLM call for the question (its ``generating`` hops)."""
+    return [h.at for h in hops if h.stage is Stage.generating and (h.note or "").startswith(f"{replica} ")]
+
+
+def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(pipeline: QactlSettings) -> None:
+    settings = pipeline.model_copy(
         update={
-            "llm": stack_settings.llm.model_copy(update={"concurrency": 4}),
-            "services": stack_settings.services.model_copy(update={"llm_consumer_replicas": 2}),
+            "llm": pipeline.llm.model_copy(update={"concurrency": 4}),
+            "services": pipeline.services.model_copy(update={"llm_consumer_replicas": 2}),
         }
     )
     questions = [unique_question(f"kill-{i}") for i in range(24)]
-    ids = {q.question_id for q in questions}
+    ids = sorted(q.question_id for q in questions)
     specs = specs_of(settings, "llm-consumer")
     victim, survivor = specs
     # Every call takes 1.5 s, so calls are surely in flight when the victim is killed.
@@ -44,19 +68,44 @@ def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(stack_
         with supervised(settings, specs) as supervisor:
             wait_until(lambda: health_of(victim)["assigned"] and health_of(survivor)["assigned"], 30, "both assigned")
             produce_models(settings, topics.QUESTIONS_PENDING.name, questions)
-            wait_until(lambda: health_of(victim)["in_flight"] > 0, 30, "calls in flight in the victim")
+            wait_until(lambda: health_of(victim)["in_flight"] == 4, 30, "four calls in flight in the victim")
+            time.sleep(0.3)  # their generating hops reach Redis (written behind the calls, which take 1.5 s)
             in_flight_when_killed = health_of(victim)["in_flight"]
+            killed_at = utcnow()
             os.kill(supervisor.state(victim.name).pid, signal.SIGKILL)  # type: ignore[arg-type]
             watch.wait_for(
-                lambda seen: ids <= {s.message.question_id for s in seen}, 90, "an answer for every question"
+                lambda seen: set(ids) <= {s.message.question_id for s in seen}, 90, "an answer for every question"
             )
-            assert not supervisor.is_running(victim.name)
+            # Its keeper restarted it (the survivor may have redone its calls first, or it did).
+            assert supervisor.state(victim.name).restarts == 1
         calls = gateway.stats()["total"]
-    answered = [s.message.question_id for s in watch.seen if s.message.question_id in ids]
-    assert set(answered) == ids
+
+    # The whole pipeline ends every question exactly once: one terminal record each in PostgreSQL.
+    def all_terminal() -> bool:
+        return all(terminal_rows(settings, ids).values())
+
+    wait_until(all_terminal, 600, "a terminal state in PostgreSQL for every question")
+    time.sleep(2)  # a duplicate answer still on its way would land now, and must change nothing
+    rows = terminal_rows(settings, ids)
+    assert {qid: found for qid, found in rows.items() if len(found) != 1} == {}
+    states = dict(query(settings, "SELECT question_id, state FROM questions WHERE question_id = ANY(%s) AND terminal_at IS NOT NULL", ids))
+    assert states == {qid: rows[qid][0] for qid in ids}
+
+    # Calls were in flight in the victim when it died (started, never answered), and were redone.
     assert in_flight_when_killed > 0
-    # The killed replica's unfinished calls were redone by the survivor: more calls than questions.
-    assert calls > len(ids), (calls, len(ids))
+    tracker = StatusTracker(settings)
+    try:
+        started = {qid: [at for at in calls_started(tracker.hops(qid), victim.name) if at < killed_at] for qid in ids}
+    finally:
+        tracker.close()
+    answered_from = {  # the call each answer on llm-responses-success came from: (replica, started at)
+        (s.message.question_id, at) for s in watch.seen for at in calls_started(s.message.hops, victim.name)[-1:]
+    }
+    cut_off = {qid for qid, times in started.items() for at in times if (qid, at) not in answered_from}
+    assert cut_off, "no call of the victim was cut off by the kill"
+    for qid in cut_off:  # answered after all, by a call started after the kill
+        assert any(h.at > killed_at for s in watch.of(qid) for h in s.message.hops if h.stage is Stage.generating), qid
+    assert calls >= len(ids) + len(cut_off), (calls, len(ids), len(cut_off))
 
 
 def test_sigterm_lets_calls_in_flight_finish_then_commits_them(stack_settings: QactlSettings) -> None:

@@ -41,6 +41,15 @@ def test_admin_api_refuses_a_missing_or_wrong_token(gateway: RunningGateway, hea
     assert ask_ollama(gateway)  # nothing was injected
 
 
+def test_without_a_token_configured_the_admin_api_refuses_everyone() -> None:
+    """No built-in default token: a gateway started without one has no admin API at all."""
+    with running_gateway(admin_token=None) as bare:
+        for headers in ({}, {"Authorization": "Bearer qactl-dev-token"}):
+            response = httpx.post(f"{bare.url}/admin/faults", headers=headers, json={"kind": "503", "count": 1})
+            assert response.status_code == 403 and "disabled" in response.text
+        assert ask_ollama(bare)  # nothing was injected
+
+
 def test_rules_are_listed_and_cleared(gateway: RunningGateway) -> None:
     with gateway.admin() as admin:
         added = admin.post("/admin/faults", json=[{"kind": "503", "count": 2}, {"kind": "degrade", "rate": 0.5}])
@@ -128,6 +137,23 @@ def test_timeout_stalls_past_the_client_timeout_then_answers(gateway: RunningGat
     gateway.inject(kind="timeout", count=1, seconds=0.5)
     assert ask_openai(gateway, timeout=5) in kb.lookup(QUESTION).paraphrases  # type: ignore[union-attr]
     assert gateway.stats()["by_outcome"]["timeout"] == 2
+
+
+def test_hang_holds_every_call_until_the_rules_are_cleared(gateway: RunningGateway, kb: KnowledgeBase) -> None:
+    """The LLM hung: connections accepted, nothing answered, however long the client waits."""
+    import concurrent.futures
+
+    gateway.inject(kind="hang", rate=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        ask_openai(gateway, timeout=1.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(ask_openai, gateway, QUESTION, 30.0)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            held.result(timeout=1.5)  # still held
+        with gateway.admin() as admin:
+            admin.delete("/admin/faults").raise_for_status()
+        assert held.result(timeout=10) in kb.lookup(QUESTION).paraphrases  # type: ignore[union-attr]
+    assert gateway.stats()["by_outcome"]["hang"] == 2
 
 
 def test_degrade_answers_off_topic(gateway: RunningGateway, kb: KnowledgeBase) -> None:

@@ -52,6 +52,26 @@ def llm_answer(label: str, attempt: int = 0, earlier_scores: tuple[float, ...] =
     )
 
 
+def regenerated(label: str, scores: list[float], settings: QactlSettings) -> QuestionMessage | ScoredAnswer:
+    """A question through the Flink job's own routing, one answer per score, each its own text:
+    the last message routed (a regeneration request, or the terminal answer)."""
+    text = f"{label} {uuid.uuid4().hex[:12]}: what is a consumer group?"
+    start = utcnow() - timedelta(seconds=10)
+    message: QuestionMessage | ScoredAnswer = QuestionMessage(
+        question_id=question_id_for(text), question=text, reference_answer="Consumers sharing partitions.",
+        submitted_at=start, hops=[Hop(stage=Stage.queued, at=start)],
+    )
+    for attempt, score in enumerate(scores):
+        moment = start + timedelta(seconds=2 * attempt)
+        generating = message.advance(Hop(stage=Stage.generating, at=moment, attempt=attempt))
+        answer = generating.advance(
+            Hop(stage=Stage.scoring, at=moment + timedelta(seconds=1), attempt=attempt), LLMAnswer,
+            answer=f"answer {attempt} to {text}", model=f"model-{attempt}", backend="gateway", llm_latency_ms=100.0 * (attempt + 1),
+        )
+        _, message = route(answer, score, settings.policies)
+    return message
+
+
 def scored(answer: LLMAnswer, score: float, settings: QactlSettings) -> tuple[str, ScoredAnswer]:
     """What the Flink job produces for it (its own routing function)."""
     topic, message = route(answer, score, settings.policies)
@@ -93,7 +113,8 @@ def health(spec: ProcessSpec) -> httpx.Response:
 
 def test_outcomes_become_rows_and_cache_entries(storage_settings: QactlSettings, persister: ProcessSpec) -> None:
     validated_topic, validated = scored(llm_answer("validated", attempt=1, earlier_scores=(0.52,)), 0.88, storage_settings)
-    low_topic, low = scored(llm_answer("low", attempt=3, earlier_scores=(0.4, 0.5, 0.58)), 0.55, storage_settings)
+    low = regenerated("low", [0.4, 0.5, 0.58, 0.55], storage_settings)
+    low_topic = topics.LOW_QUALITY.name
     failed = dead_letter("failed")
     assert (validated_topic, low_topic) == (topics.VALIDATED.name, topics.LOW_QUALITY.name)
     produce_models(storage_settings, validated_topic, [validated])
@@ -111,8 +132,16 @@ def test_outcomes_become_rows_and_cache_entries(storage_settings: QactlSettings,
     assert (status, score, attempt, model, hops) == ("validated", 0.88, 1, "qactl-sim", len(validated.hops))
     assert query(storage_settings, "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",
                  validated.question_id) == [(0, 0.52), (1, 0.88)]
+    # Every attempt's score is kept; the answer stored is the best one (attempt 2), not the last.
     assert query(storage_settings, "SELECT attempt, score FROM score_history WHERE question_id = %s ORDER BY attempt",
                  low.question_id) == [(0, 0.4), (1, 0.5), (2, 0.58), (3, 0.55)]
+    assert query(
+        storage_settings, "SELECT status, answer, score, model, attempt, llm_latency_ms FROM responses WHERE question_id = %s",
+        low.question_id,
+    ) == [("low_quality", f"answer 2 to {low.question}", 0.58, "model-2", 3, 300.0)]
+    assert "kept best answer of attempt 2 (score 0.580)" in scalar(
+        storage_settings, "SELECT hops -> -1 ->> 'note' FROM responses WHERE question_id = %s", low.question_id
+    )
     stages = {row[0] for row in query(storage_settings, "SELECT stage FROM processing_metrics WHERE question_id = %s",
                                       validated.question_id)}
     assert stages == {"queued", "generating", "scoring", "regenerating", "total"}
@@ -129,8 +158,41 @@ def test_outcomes_become_rows_and_cache_entries(storage_settings: QactlSettings,
     cache = redis_client(storage_settings)
     hit = CachedAnswer.from_bytes(cache.get(cache_key(validated.question_id)))
     assert (hit.answer, hit.score, hit.status) == (validated.answer, 0.88, "validated")
-    assert CachedAnswer.from_bytes(cache.get(cache_key(low.question_id))).status == "low_quality"
+    # Only validated answers are served again: low quality and failed are not cached.
+    assert cache.get(cache_key(low.question_id)) is None
     assert cache.get(cache_key(failed.question_id)) is None
+
+
+def test_a_regeneration_that_fails_ends_low_quality_with_the_best_answer(
+    storage_settings: QactlSettings, persister: ProcessSpec
+) -> None:
+    """Its overload retries used up, regeneration 2 ends the question with attempt 0's answer (the best)."""
+    from services.common.endings import failure_ending
+
+    waiting = regenerated("failed regeneration", [0.55, 0.41], storage_settings)
+    assert isinstance(waiting, QuestionMessage) and waiting.attempt == 2
+    error = ErrorInfo(kind=ErrorKind.exhausted, status_code=503, message="overload retries exhausted (3)")
+    ending = failure_ending(
+        waiting, "overload retries exhausted (3)", error, topics.LLM_OVERLOAD.name,
+        storage_settings.policies.quality_threshold,
+    )
+    assert ending.topic == topics.LOW_QUALITY.name
+    produce_models(storage_settings, ending.topic, [ending.message])
+    wait_until(lambda: state_of(storage_settings, waiting.question_id) == "low_quality", 30, "low_quality")
+
+    assert query(
+        storage_settings, "SELECT answer, score, model, attempt FROM responses WHERE question_id = %s", waiting.question_id
+    ) == [(f"answer 0 to {waiting.question}", 0.55, "model-0", 2)]
+    assert scalar(storage_settings, "SELECT count(*) FROM failed_questions WHERE question_id = %s", waiting.question_id) == 0
+    # Attempts 0 and 1 were scored; regeneration 2 never had an answer to score.
+    assert query(storage_settings, "SELECT attempt, score, answer FROM score_history WHERE question_id = %s ORDER BY attempt",
+                 waiting.question_id) == [(0, 0.55, f"answer 0 to {waiting.question}"), (1, 0.41, f"answer 1 to {waiting.question}")]
+    last_hop = query(storage_settings, "SELECT hops -> -1 FROM responses WHERE question_id = %s", waiting.question_id)[0][0]
+    assert last_hop["stage"] == "low_quality" and last_hop["error"]["kind"] == "exhausted"
+    assert last_hop["note"] == (
+        "regeneration 2 failed: overload retries exhausted (3); kept best answer (score 0.550)"
+    )
+    assert redis_client(storage_settings).get(cache_key(waiting.question_id)) is None
 
 
 def rewind_group(settings: QactlSettings, positions: dict[tuple[str, int], int]) -> None:

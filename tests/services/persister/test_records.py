@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from services.common import topics
-from services.common.schemas import DeadLetter, ErrorInfo, ErrorKind, Hop, QuestionMessage, ScoredAnswer, Stage
+from services.common.schemas import (
+    BestAnswer,
+    DeadLetter,
+    ErrorInfo,
+    ErrorKind,
+    Hop,
+    QuestionMessage,
+    ScoredAnswer,
+    Stage,
+)
 from services.persister.records import (
     attempt_scores,
     outcome_of_answer,
@@ -61,9 +70,40 @@ def test_a_validated_answer_becomes_a_cache_entry() -> None:
     assert entry is not None and (entry.answer, entry.score, entry.status) == ("A distributed log.", 0.9, "validated")
 
 
-def test_low_quality_topic_means_low_quality() -> None:
+def test_low_quality_topic_means_low_quality_and_is_not_cached() -> None:
     outcome = outcome_of_answer(regenerated_answer(), topics.LOW_QUALITY.name, "x")
     assert outcome.state is Stage.low_quality
+    assert outcome.cache_entry() is None  # never served as a hit: asking again runs again
+
+
+def with_best(message: ScoredAnswer, **fields) -> ScoredAnswer:
+    best = BestAnswer(attempt=0, answer="A log of records.", score=0.95, model="other", backend="ollama",
+                      llm_latency_ms=7.0, scored_at=at(1.2))
+    return message.model_copy(update={"best": best, **fields})
+
+
+def test_a_low_quality_outcome_stores_the_best_answer_and_every_score() -> None:
+    message = with_best(regenerated_answer())
+    outcome = outcome_of_answer(message, topics.LOW_QUALITY.name, "x")
+    kept = outcome.answer
+    assert (kept.answer, kept.score, kept.model, kept.backend, kept.llm_latency_ms) == (
+        "A log of records.", 0.95, "other", "ollama", 7.0)
+    assert kept.attempt == 1  # regenerations used, whichever answer is kept
+    assert [(s.attempt, s.score, s.answer) for s in outcome.scores] == [
+        (0, 0.5, "A log of records."), (1, 0.9, "A distributed log.")]
+    # A validated answer is the one that passed, whatever ``best`` says.
+    assert outcome_of_answer(message, topics.VALIDATED.name, "x").answer.answer == "A distributed log."
+
+
+def test_a_failed_regeneration_has_no_score_of_its_own() -> None:
+    """Regeneration 1's call failed: the message's answer and score are attempt 0's, kept."""
+    message = with_best(
+        regenerated_answer(), answer="A log of records.", score=0.95, previous_answer="A log.",
+        regeneration_error=ErrorInfo(kind=ErrorKind.exhausted, message="overload retries exhausted (3)"),
+        hops=regenerated_answer().hops[:4],
+    )
+    outcome = outcome_of_answer(message, topics.LOW_QUALITY.name, "x")
+    assert [(s.attempt, s.score) for s in outcome.scores] == [(0, 0.5)]
 
 
 def test_a_dead_letter_keeps_the_question_and_its_hops() -> None:

@@ -1,7 +1,7 @@
 """retry-overload and retry-quota against the real Kafka (services in threads).
 
 Delays are shortened with ``policies.delay_scale`` (0.1 unless a test says otherwise): overload
-retries wait 0.1 / 0.2 / 0.4 s instead of 1 / 2 / 4 s. The ordering test uses real 1 s and 8 s.
+retries wait 0.1 / 0.2 / 0.4 s instead of 1 / 2 / 4 s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from services.common.schemas import (
     QuestionMessage,
     RetryCounts,
     Stage,
-    utcnow,
 )
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
@@ -91,32 +90,28 @@ def test_overload_error_waits_at_least_the_policy_delay_then_requeues(stack_sett
         assert [h.stage for h in status.hops(question.question_id)][-2:] == [Stage.retrying_overload, Stage.queued]
 
 
-def test_a_retry_due_in_1s_is_not_held_behind_one_due_in_8s(stack_settings: QactlSettings) -> None:
-    """Real delays here: the 8-s retry sits at the head of its level while the 1-s one flows."""
+def test_a_retry_due_is_not_held_behind_a_long_one_on_the_same_level(stack_settings: QactlSettings) -> None:
+    """Both retries on level 0 (one topic, one partition: FIFO), the long one decided first: a 503
+    with a Retry-After of an hour, then a plain 503 due after its own short delay. The plain one
+    is re-queued; the hour holds nothing. Before the Retry-After cap (f64d31f) the hour waited at
+    the head of level 0 and held the plain one behind it: checked by reverting that commit."""
     settings = stack_settings
-    slow, fast = unique_question("slow"), unique_question("fast")
-    now = utcnow()
-
-    def waiting(question: QuestionMessage, level: int, seconds: float) -> DelayedRetry:
-        error = ErrorInfo(kind=ErrorKind.overload, status_code=503)
-        return DelayedRetry(
-            **question.model_dump(),
-            due_at=now + timedelta(seconds=seconds),
-            delay_seconds=seconds,
-        ).model_copy(update={"last_error": error, "retries": RetryCounts(overload=level)})
-
-    with watching(settings, PENDING) as watch:
+    level_0 = topics.overload_delay_topic(0)
+    assert level_0.partitions == 1
+    long, due = unique_question("long-first"), unique_question("due-behind")
+    with watching(settings, PENDING, level_0.name, topics.LLM_QUOTA.name) as watch:
         with retry_service(settings, RetryKind.overload):
-            produce_models(settings, topics.overload_delay_topic(2).name, [waiting(slow, 2, 8.0)])
-            produce_models(settings, topics.overload_delay_topic(0).name, [waiting(fast, 0, 1.0)])
-            watch.wait_for(lambda seen: watch.of(slow.question_id), 30, "the 8-s retry")
-    (fast_seen,) = watch.of(fast.question_id)
-    (slow_seen,) = watch.of(slow.question_id)
-    fast_after = fast_seen.timestamp_ms / 1000 - now.timestamp()
-    slow_after = slow_seen.timestamp_ms / 1000 - now.timestamp()
-    assert 1.0 <= fast_after < 4.0, fast_after
-    assert slow_after >= 8.0, slow_after
-    assert fast_seen.message.retries.overload == 1 and slow_seen.message.retries.overload == 3
+            produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(long, ErrorKind.overload, retry_after_seconds=3600)])
+            # Decided first (wherever it went: level 0 before the cap, the quota path now) ...
+            watch.wait_for(lambda seen: watch.of(long.question_id), 30, "the long retry decided")
+            # ... then the plain one, whose level is the same.
+            produce_models(settings, topics.LLM_OVERLOAD.name, [failed_call(due, ErrorKind.overload)])
+            watch.wait_for(lambda seen: watch.of(due.question_id, PENDING), 30, "the due retry re-queued")
+    (waited,) = watch.of(due.question_id, level_0.name)
+    assert waited.message.retries.overload == 0  # level 0: the level the hour was decided for
+    assert settings.policies.overload_max_retry_after_seconds < 3600
+    assert not watch.of(long.question_id, level_0.name) and not watch.of(long.question_id, PENDING)
+    assert watch.of(long.question_id, topics.LLM_QUOTA.name)
 
 
 @pytest.mark.parametrize(("kind", "topic", "limit"), [(RetryKind.overload, topics.LLM_OVERLOAD.name, 3), (RetryKind.quota, topics.LLM_QUOTA.name, 5)])

@@ -34,7 +34,7 @@ def test_a_new_question_is_accepted_produced_and_followable(storage_settings: Qa
         assert response.status_code == 202, response.text
         body = response.json()
         question_id = body["question_id"]
-        assert question_id == question_id_for(text)
+        assert question_id == question_id_for(text, "A log of records.")
         assert body["status_url"] == f"/status/{question_id}" and body["coalesced"] is False
         seen = watch.wait_for(lambda s: watch.of(question_id), timeout=15, what="the question on questions-pending")
     message = watch.of(question_id)[0].message
@@ -141,7 +141,7 @@ def test_a_database_hit_answers_200_fills_the_cache_and_touches_no_kafka(
     query(
         storage_settings,
         "INSERT INTO responses (question_id, question, answer, score, status, attempt) VALUES (%s, %s, %s, %s, %s, %s)",
-        question_id, text, "Records, in order.", 0.42, "low_quality", 3,
+        question_id, text, "Records, in order.", 0.82, "validated", 1,
     )
     before = pending_end_offsets(storage_settings)
 
@@ -149,10 +149,108 @@ def test_a_database_hit_answers_200_fills_the_cache_and_touches_no_kafka(
 
     assert response.status_code == 200
     body = response.json()
-    assert (body["status"], body["score"], body["attempt"], body["source"]) == ("low_quality", 0.42, 3, "database")
+    assert (body["question_id"], body["status"], body["score"], body["attempt"], body["source"]) == (
+        question_id, "validated", 0.82, 1, "database"
+    )
     assert pending_end_offsets(storage_settings) == before
     cached = wait_until(lambda: redis_client(storage_settings).get(cache_key(question_id)), 5, "the cache entry")
     assert CachedAnswer.from_bytes(cached).answer == "Records, in order."
+
+
+def test_a_low_quality_answer_is_no_hit_asking_again_is_a_new_run(storage_settings: QactlSettings, api_url: str) -> None:
+    """Neither the stored low-quality answer nor a cache entry of it answers: the question runs again,
+    with the next run's id, and the run that ended stays as it ended."""
+    text = unique("low before")
+    first = question_id_for(text)
+    query(
+        storage_settings,
+        "INSERT INTO questions (question_id, question, state, terminal_at, produced_at)"
+        " VALUES (%s, %s, 'low_quality', now() - interval '1 minute', now())",
+        first, text,
+    )
+    query(
+        storage_settings,
+        "INSERT INTO responses (question_id, question, answer, score, status, attempt) VALUES (%s, %s, %s, %s, %s, %s)",
+        first, text, "Records, in order.", 0.42, "low_quality", 3,
+    )
+    # As an earlier version cached it: a low-quality answer under the question's key.
+    stale = CachedAnswer(question_id=first, question=text, answer="Records, in order.", score=0.42, status="low_quality")
+    redis_client(storage_settings).set(cache_key(first), stale.to_bytes(), ex=60)
+    ended_at = query(storage_settings, "SELECT terminal_at FROM questions WHERE question_id = %s", first)[0][0]
+
+    with watching(storage_settings, topics.QUESTIONS_PENDING.name) as watch:
+        response = httpx.post(f"{api_url}/query", json={"question": text})
+        assert response.status_code == 202, response.text
+        second = response.json()["question_id"]
+        assert second == question_id_for(text, run=2) == f"{first}-r2"
+        watch.wait_for(lambda s: watch.of(second), timeout=15, what="the new run")
+        again = httpx.post(f"{api_url}/query", json={"question": text})  # while it runs: coalesced on it
+        assert again.status_code == 202 and again.json() == {**response.json(), "coalesced": True}
+    assert watch.of(second)[0].message.question == text
+    # The first run is untouched: it ended once, and keeps its record.
+    assert query(storage_settings, "SELECT state, terminal_at FROM questions WHERE question_id = %s", first) == [
+        ("low_quality", ended_at)
+    ]
+    assert query(storage_settings, "SELECT state, terminal_at FROM questions WHERE question_id = %s", second) == [
+        ("queued", None)
+    ]
+
+
+def test_a_different_reference_is_a_different_question(storage_settings: QactlSettings, api_url: str) -> None:
+    """The second asker's reference is kept: they are not given an answer scored against the first's."""
+    text = unique("two references")
+    validated = question_id_for(text, "Records in partitions.")
+    query(
+        storage_settings,
+        "INSERT INTO responses (question_id, question, reference_answer, answer, score, status)"
+        " VALUES (%s, %s, %s, %s, %s, 'validated')",
+        validated, text, "Records in partitions.", "Records, in partitions.", 0.9,
+    )
+    same = httpx.post(f"{api_url}/query", json={"question": text.upper(), "reference_answer": " Records  in partitions. "})
+    assert same.status_code == 200 and same.json()["question_id"] == validated
+
+    with watching(storage_settings, topics.QUESTIONS_PENDING.name) as watch:
+        other = httpx.post(f"{api_url}/query", json={"question": text, "reference_answer": "Messages on topics."})
+        none = httpx.post(f"{api_url}/query", json={"question": text})
+        assert (other.status_code, none.status_code) == (202, 202)
+        ids = other.json()["question_id"], none.json()["question_id"]
+        assert ids == (question_id_for(text, "Messages on topics."), question_id_for(text))
+        assert len({validated, *ids}) == 3
+        watch.wait_for(lambda s: all(watch.of(i) for i in ids), timeout=15, what="both questions")
+    assert watch.of(ids[0])[0].message.reference_answer == "Messages on topics."
+    assert watch.of(ids[1])[0].message.reference_answer is None
+
+
+def test_an_answer_stored_with_a_reference_under_the_question_alone_is_no_hit_without_one(
+    storage_settings: QactlSettings, api_url: str
+) -> None:
+    """Before the reference counted, an answer scored against one had the question's id alone."""
+    text = unique("legacy reference")
+    question_id = question_id_for(text)
+    query(
+        storage_settings,
+        "INSERT INTO responses (question_id, question, reference_answer, answer, score, status)"
+        " VALUES (%s, %s, %s, %s, %s, 'validated')",
+        question_id, text, "Someone else's reference.", "An answer.", 0.9,
+    )
+    response = httpx.post(f"{api_url}/query", json={"question": text})
+    assert response.status_code == 202, response.text
+    assert response.json()["question_id"] == question_id_for(text, run=2)
+
+
+def test_a_terminal_state_cannot_be_rewritten(storage_settings: QactlSettings) -> None:
+    import psycopg2
+
+    text = unique("ended")
+    question_id = question_id_for(text)
+    query(storage_settings, "INSERT INTO questions (question_id, question, state, terminal_at) VALUES (%s, %s, 'failed', now())", question_id, text)
+    for change in ("state = 'queued', terminal_at = NULL", "terminal_at = now() + interval '1 second'", "state = 'validated'"):
+        with pytest.raises(psycopg2.IntegrityError, match="written once"):
+            query(storage_settings, f"UPDATE questions SET {change} WHERE question_id = %s", question_id)
+    query(storage_settings, "UPDATE questions SET produced_at = now() WHERE question_id = %s", question_id)  # not terminal data
+    assert query(storage_settings, "SELECT question_key, run FROM questions WHERE question_id = %s", question_id) == [
+        (question_id, 1)
+    ]
 
 
 def test_fifty_concurrent_identical_questions_make_one_message(storage_settings: QactlSettings, api_url: str) -> None:
@@ -205,20 +303,27 @@ def test_the_terminal_state_in_postgres_wins_over_the_live_stage(storage_setting
     assert (status["state"], status["terminal"], status["reason"]) == ("failed", True, "overload retries used up (3)")
 
 
-def test_a_failed_question_asked_again_runs_again(storage_settings: QactlSettings, api_url: str) -> None:
+def test_a_failed_question_asked_again_is_a_new_run(storage_settings: QactlSettings, api_url: str) -> None:
     text = unique("failed before")
-    question_id = question_id_for(text)
+    first = question_id_for(text)
     query(
         storage_settings,
         "INSERT INTO questions (question_id, question, state, terminal_at, produced_at) VALUES (%s, %s, 'failed', now(), now())",
-        question_id, text,
+        first, text,
     )
+    ended = query(storage_settings, "SELECT state, terminal_at FROM questions WHERE question_id = %s", first)
     with watching(storage_settings, topics.QUESTIONS_PENDING.name) as watch:
         response = httpx.post(f"{api_url}/query", json={"question": text})
         assert response.status_code == 202 and response.json()["coalesced"] is False
-        watch.wait_for(lambda s: watch.of(question_id), timeout=15, what="the new run")
-    state, terminal_at = query(storage_settings, "SELECT state, terminal_at FROM questions WHERE question_id = %s", question_id)[0]
-    assert (state, terminal_at) == ("queued", None)
+        second = response.json()["question_id"]
+        assert second == question_id_for(text, run=2)
+        watch.wait_for(lambda s: watch.of(second), timeout=15, what="the new run")
+    assert not watch.of(first)
+    # The failed run keeps its terminal state and time: one question id ends once.
+    assert query(storage_settings, "SELECT state, terminal_at FROM questions WHERE question_id = %s", first) == ended
+    assert query(
+        storage_settings, "SELECT state, terminal_at, question_key, run FROM questions WHERE question_id = %s", second
+    ) == [("queued", None, first, 2)]
 
 
 def test_openapi_health_and_metrics_are_served(api_url: str) -> None:
