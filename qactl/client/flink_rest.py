@@ -1,4 +1,4 @@
-"""Flink's REST API: cluster overview, task managers, jobs, job details, checkpoints, cancel."""
+"""Flink's REST API: cluster overview, task managers, jobs, job details, checkpoints, cancel, stop."""
 
 from __future__ import annotations
 
@@ -109,3 +109,40 @@ class FlinkRest:
 
     def cancel(self, jid: str) -> None:
         self._request("PATCH", f"/jobs/{jid}", params={"mode": "cancel"})
+
+    def stop_with_savepoint(self, jid: str, target_directory: str) -> str:
+        """Ask Flink to take a savepoint into ``target_directory`` and then stop the job; a trigger id.
+
+        Not drained: the job's timers and buffered state go into the savepoint as they are.
+        """
+        raw = self._request("POST", f"/jobs/{jid}/stop", json={"targetDirectory": target_directory, "drain": False})
+        return raw["request-id"]
+
+    def savepoint_status(self, jid: str, trigger_id: str) -> SavepointStatus:
+        """Where a savepoint triggered by ``stop_with_savepoint`` is: in progress, done (location) or failed."""
+        raw = self._request("GET", f"/jobs/{jid}/savepoints/{trigger_id}")
+        operation = raw.get("operation") or {}
+        cause = operation.get("failure-cause") or {}
+        return SavepointStatus(
+            done=raw.get("status", {}).get("id") == "COMPLETED",
+            location=operation.get("location"),
+            failure=(cause.get("stack-trace") or cause.get("class") or "").strip().splitlines()[0] if cause else None,
+        )
+
+    def root_exception(self, jid: str) -> str:
+        """The first line of the job's root exception, or ''."""
+        raw = self._request("GET", f"/jobs/{jid}/exceptions") or {}
+        history = (raw.get("exceptionHistory") or {}).get("entries") or []
+        text = raw.get("root-exception") or (history[0].get("stacktrace") if history else "") or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+
+@dataclass(frozen=True)
+class SavepointStatus:
+    done: bool  # the operation finished: ``location`` is set on success, ``failure`` otherwise
+    location: str | None = None
+    failure: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.done and self.location is not None and self.failure is None

@@ -196,6 +196,39 @@ def consumer_group_lag(
     return {(tp.topic, tp.partition): max(0, ends[(tp.topic, tp.partition)] - tp.offset) for tp in committed}
 
 
+def rewind_group(
+    bootstrap: str, group: str, topic: str, since_ms: int, timeout: float = 10.0, client: AdminClient | None = None
+) -> dict[int, int]:
+    """Move ``group``'s committed offsets on ``topic`` back to the first record written at or
+    after ``since_ms`` (epoch ms), never forward; partition -> the offset it commits now.
+
+    The group must have no active member (Flink's Kafka source commits without joining it).
+    """
+    client = client or admin(bootstrap, timeout)
+    partitions = cluster_info(bootstrap, timeout, client).topics.get(topic)
+    if partitions is None:
+        raise QactlError(f"Kafka topic {topic} does not exist")
+    futures = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)
+    committed = {tp.partition: tp.offset for tp in futures[group].result(timeout).topic_partitions or [] if tp.topic == topic}
+    request = {TopicPartition(topic, p): OffsetSpec.for_timestamp(since_ms) for p in range(partitions)}
+    at_time = {tp.partition: f.result(timeout).offset for tp, f in client.list_offsets(request, request_timeout=timeout).items()}
+    ends = end_offsets(bootstrap, topic, timeout, client)
+    target = {}
+    for p, current in committed.items():
+        if current < 0:
+            continue  # never committed: the group starts from its reset position anyway
+        found = at_time[p] if at_time[p] >= 0 else ends[p]  # -1: nothing written since then
+        target[p] = min(current, found)
+    if not target:
+        return {}
+    request_offsets = [TopicPartition(topic, p, offset) for p, offset in target.items()]
+    done = client.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, request_offsets)], request_timeout=timeout
+    )
+    done[group].result(timeout)
+    return target
+
+
 def consumer_groups(bootstrap: str, timeout: float = 5.0, client: AdminClient | None = None) -> list[str]:
     """The ids of every consumer group the cluster knows."""
     client = client or admin(bootstrap, timeout)

@@ -50,6 +50,16 @@ def base(settings: QactlSettings) -> Path:
     return settings.state_dir / "flink"
 
 
+def checkpoints_dir(settings: QactlSettings) -> Path:
+    """Retained checkpoints of the cluster's jobs: ``<job id>/chk-<n>/_metadata``."""
+    return base(settings) / "checkpoints"
+
+
+def savepoints_dir(settings: QactlSettings) -> Path:
+    """Savepoints that `qactl down` takes of the score job: ``savepoint-<id>/_metadata``."""
+    return base(settings) / "savepoints"
+
+
 def conf_dir(settings: QactlSettings) -> Path:
     return base(settings) / "conf"
 
@@ -104,11 +114,18 @@ def flink_env(settings: QactlSettings) -> dict[str, str]:
     }
 
 
-def submit_argv(settings: QactlSettings, script: Path, *job_args: str, detached: bool = True) -> list[str]:
-    """``flink run`` of a PyFlink script against this cluster; run it with ``flink_env``."""
+def submit_argv(
+    settings: QactlSettings, script: Path, *job_args: str, detached: bool = True, restore_from: Path | None = None
+) -> list[str]:
+    """``flink run`` of a PyFlink script against this cluster; run it with ``flink_env``.
+
+    ``restore_from``: a savepoint's or retained checkpoint's directory to start the job's state from.
+    """
     argv = [str(flink_cli()), "run", "-m", rest_address(settings)]
     if detached:
         argv.append("-d")
+    if restore_from is not None:
+        argv += ["-s", str(restore_from)]
     # -pyfs ships the script's directory, so modules next to it import on the task managers.
     argv += ["-py", str(script), "-pyfs", str(script.parent)]
     return [*argv, *job_args]
@@ -169,8 +186,13 @@ def cluster_config(settings: QactlSettings) -> dict[str, Any]:
         "parallelism.default": 1,
         # A killed task manager is noticed in 20 s rather than 50 s.
         "heartbeat.timeout": 20000,
-        "execution.checkpointing.dir": (b / "checkpoints").as_uri(),
-        "execution.checkpointing.savepoint-dir": (b / "savepoints").as_uri(),
+        # The score job's state outlives the job: `qactl down` stops it with a savepoint, and a
+        # job manager lost without one (kill -9, no HA) leaves its latest checkpoint here, kept
+        # on cancellation too; `qactl up` resumes from the newest of them (score_job.py).
+        "execution.checkpointing.dir": checkpoints_dir(settings).as_uri(),
+        "execution.checkpointing.savepoint-dir": savepoints_dir(settings).as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": 1,
         "python.executable": python_executable(),
         "python.client.executable": python_executable(),
     }

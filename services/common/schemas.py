@@ -90,6 +90,7 @@ class ErrorKind(StrEnum):
     poison = "poison"  # a payload that failed validation
     exhausted = "exhausted"  # retries used up
     internal = "internal"  # a bug or unexpected failure in a stage
+    stuck = "stuck"  # not terminal within Policies.max_open_seconds (the persister's sweeper)
 
 
 class Stage(StrEnum):

@@ -63,6 +63,15 @@ class Policies(BaseModel):
     quota_max_retry_after_seconds: float = Field(default=300.0, gt=0)
     # The demo profile multiplies every delay by this factor; anything below 1 is announced.
     delay_scale: float = 1.0
+    max_open_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="A question not terminal this long after its submission is failed (reason "
+        "'stuck') by the persister's sweeper. The slowest legitimate path at the defaults takes "
+        "about 1,920 s: 12 LLM calls (1 + 3 regenerations + 3 overload + 5 quota retries) of up "
+        "to 30 s each (360 s), 5 quota delays at the 300 s Retry-After cap (1,500 s) and 3 "
+        "overload delays at the 20 s cap (60 s); 3,600 s leaves room for a backlog.",
+    )
+    sweep_interval_seconds: float = Field(default=30.0, gt=0, description="How often the sweeper looks.")
 
     def overload_delay_seconds(self, retry_count: int) -> float:
         """Nominal delay before overload retry number ``retry_count + 1`` (jitter not included)."""
@@ -139,6 +148,10 @@ class FlinkSettings(BaseModel):
     jobmanager_process_mb: int = 1024
     taskmanager_process_mb: int = 2560
     connector_version: str = "5.0.0-2.2"
+    score_batch_size: int = Field(default=16, ge=1, description="Answers the score job scores in one batch.")
+    score_max_wait_ms: int = Field(
+        default=100, ge=1, description="Longest an answer waits in the score job's state for its batch to fill."
+    )
     extra_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="More Flink config.yaml keys (flat), written as given."
     )

@@ -9,6 +9,9 @@ is down the loop waits and retries with backoff, holding the message, so nothing
 ``/health`` says so. The same for Kafka: a forwarded dead letter waits for Kafka's acknowledgement
 and a commit for the coordinator however long Kafka is away (``services.common.kafka``).
 
+The sweeper (``sweeper.py``) sends a question still open after ``Policies.max_open_seconds``
+to the dead letter as ``stuck``, so that it too ends once, here.
+
 A message that does not decode goes to the dead letter with the reason, unless it *is* on the
 dead-letter topic: then it is stored as a ``poison`` failure right here, never re-sent (no loop).
 A message that decodes but cannot become an outcome is handled the same way. A write that fails
@@ -41,6 +44,7 @@ from services.common.schemas import DeadLetter, PoisonMessage, ScoredAnswer, dec
 from services.common.settings import QactlSettings
 from services.persister.cache import AnswerCache
 from services.persister.records import Outcome, outcome_of_answer, outcome_of_dead_letter, outcome_of_poison_dead_letter
+from services.persister.sweeper import Sweeper
 from services.persister.writer import DatabaseDown, Unstorable, Writer, WriteResult
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Persister:
         self.failure: BaseException | None = None
         self.last_commit_at: float | None = None
         self.waiting_since: float | None = None  # set while a message waits for PostgreSQL
+        self.sweeper = Sweeper(settings.postgres.url, settings.policies)
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -146,6 +151,8 @@ class Persister:
                 self.writer.probe()
                 self.cache.probe()
                 next_probe = time.monotonic() + PROBE_SECONDS
+            if self.sweeper.due():
+                self.sweeper.sweep(producer)  # its dead letters come back through this loop
             messages = consumer.consume(BATCH, timeout=0.5)
             if not messages:
                 if self.committer.pending:

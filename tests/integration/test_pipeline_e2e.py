@@ -211,16 +211,42 @@ def test_a_hundred_mixed_questions_each_end_in_exactly_one_terminal_state(pipeli
     assert_each_terminal_exactly_once(pipeline, api, ids)
 
 
+JOB_OUTPUTS = (topics.VALIDATED.name, topics.LOW_QUALITY.name, topics.DEAD_LETTER.name, topics.QUESTIONS_PENDING.name)
+
+
+def in_the_job(seen, ids: list[str]) -> set[str]:
+    """Questions whose latest answer is on llm-responses-success with nothing after it yet.
+
+    After an answer only the score job writes next (validated, low quality, a regeneration on
+    questions-pending, a dead letter): such an answer is in the job, buffered or being scored.
+    """
+    last_answer: dict[str, int] = {}
+    last_other: dict[str, int] = {}
+    for record in seen:
+        qid = getattr(record.message, "question_id", None)
+        if qid not in ids:
+            continue
+        latest = last_answer if record.topic == topics.LLM_SUCCESS.name else last_other
+        latest[qid] = max(latest.get(qid, 0), record.timestamp_ms)
+    return {qid for qid, at in last_answer.items() if last_other.get(qid, 0) < at}
+
+
 def test_killing_the_taskmanager_mid_run_loses_nothing(pipeline, gateway, api):
     from qactl.runtime import flink
 
     stack = Stack(pipeline)
-    ids = submit_mixed(api, gateway, 40)
-    time.sleep(3)  # some answers scored, others buffered or in flight
     taskmanager = stack.supervisor.state(flink.TASKMANAGER)
     assert taskmanager.running
-    os.killpg(taskmanager.pid, signal.SIGKILL)
-    time.sleep(2)
+    with watching(pipeline, topics.LLM_SUCCESS.name, *JOB_OUTPUTS) as watch:
+        ids = submit_mixed(api, gateway, 40)
+        # The kill comes while answers are in the job, not before they reach it nor after.
+        watch.wait_for(lambda seen: in_the_job(seen, ids), timeout=300, what="answers in the score job")
+        os.killpg(taskmanager.pid, signal.SIGKILL)
+        # What the job wrote before it died is on the topics within moments; nothing comes after.
+        in_flight = in_the_job(watch.settle(3.0), ids)
+    assert in_flight, "no answer was in the score job when its TaskManager died"
+    open_at_kill = [qid for qid, found in terminal_rows(pipeline, sorted(in_flight)).items() if not found]
+    assert open_at_kill, "every answer in the job was already terminal"
     Stack(pipeline, only=["flink"]).up()  # its keeper restarts the TaskManager; up waits until healthy
     assert_each_terminal_exactly_once(pipeline, api, ids)
 
