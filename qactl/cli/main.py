@@ -9,7 +9,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from qactl.cli import ask, demo, gateway, llm, metrics, migrate, stack, traffic, watch
+from qactl.cli import ask, container, demo, gateway, llm, metrics, migrate, stack, traffic, watch
 from qactl.cli.common import CliContext, err_console
 from qactl.errors import QactlError
 
@@ -33,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for group in (stack, ask, demo, watch, metrics, traffic, migrate, gateway, llm):
+for group in (stack, ask, demo, watch, metrics, traffic, migrate, gateway, llm, container):
     app.add_typer(group.app)
 
 

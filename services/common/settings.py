@@ -255,6 +255,11 @@ class ServicesSettings(BaseModel):
     llm_consumer_replicas: int = 2
     # Each pipeline process serves /metrics and /health on metrics_base_port + its slot.
     metrics_base_port: int = 9300
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the services without a port of their own serve /metrics and /health; "
+        "compose/ sets 0.0.0.0 so that Prometheus and the healthchecks reach them.",
+    )
 
 
 class QactlSettings(BaseSettings):
