@@ -135,6 +135,13 @@ def kafka_node_properties(settings: QactlSettings, node_id: int, voters: str, ex
         "default.replication.factor": "3",
         "min.insync.replicas": "2",
         "num.partitions": "1",
+        # A broker killed outright is fenced after the session timeout, and only then are its
+        # partitions led again: 9 s by default, longer than the storage API waits for an
+        # acknowledgement before it answers 503. The native cluster uses the same values.
+        "broker.session.timeout.ms": "3000",
+        "broker.heartbeat.interval.ms": "500",
+        "controller.quorum.fetch.timeout.ms": "1500",
+        "controller.quorum.election.timeout.ms": "750",
     }
     if external:
         port = external.rpartition(":")[2]

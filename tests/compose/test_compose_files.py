@@ -109,6 +109,7 @@ def test_a_kafka_node_is_one_of_three_voters_with_replicated_topics() -> None:
     assert props["listeners"] == "PLAINTEXT://kafka-2:9092,CONTROLLER://kafka-2:9093,EXTERNAL://0.0.0.0:19093"
     assert props["advertised.listeners"].endswith(",EXTERNAL://127.0.0.1:19093")
     assert "EXTERNAL:PLAINTEXT" in props["listener.security.protocol.map"]
+    assert int(props["broker.session.timeout.ms"]) < 5000  # a dead broker's partitions move before the API gives up
 
 
 def test_the_image_installs_with_the_native_install_steps() -> None:

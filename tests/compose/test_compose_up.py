@@ -52,7 +52,7 @@ PORTS = {
     "QACTL_COMPOSE_REDIS_PORT": BASE + 379,
 }
 LONG_RUNNING = sorted(set(compose()["services"]) - ONE_SHOT - OFFICIAL)
-CA_COPY = COMPOSE / "ca-certificates" / "test-run.pem"
+CA_COPY = COMPOSE / "ca-certificates" / "host.pem"
 
 
 def compose_env() -> dict[str, str]:
@@ -121,10 +121,12 @@ def all_ready() -> dict[str, str]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]:
     workdir = tmp_path_factory.mktemp("compose")
     timings: dict[str, float] = {}
+    copied = False
     with docker_engine(workdir):
         try:
             timings["base image"] = ensure_base_image()
-            if os.environ.get("PIP_CERT"):  # this machine's TLS-intercepting CA, for pip and Maven
+            copied = bool(os.environ.get("PIP_CERT")) and not CA_COPY.exists()
+            if copied:  # this machine's TLS-intercepting CA, for pip and Maven (README)
                 shutil.copyfile(os.environ["PIP_CERT"], CA_COPY)
             started = time.monotonic()
             dc("build", "kafka-1", timeout=7200)  # every service runs this one image
@@ -138,7 +140,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]
             yield host_settings()
         finally:
             dc("down", "-v", "--remove-orphans", "-t", "30", timeout=600, check=False)
-            CA_COPY.unlink(missing_ok=True)
+            if copied:
+                CA_COPY.unlink(missing_ok=True)
             left = run(DOCKER, "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}", check=False).stdout
             networks = run(DOCKER, "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}", check=False).stdout
             volumes = run(DOCKER, "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}", check=False).stdout
