@@ -207,7 +207,10 @@ def _extract_llama_cpp(sdist: Path, into: Path) -> Path:
     """Only ``vendor/llama.cpp`` of the sdist (the Python bindings are not built)."""
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
-        tar.extractall(into, members=members, filter="data")
+        # The "data" filter (no absolute paths, no links out of ``into``) where this Python has
+        # it: Debian 12's 3.11.2 predates extraction filters.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(into, members=members, **safe)
     found = next(into.glob("*/vendor/llama.cpp"), None)
     if found is None or not (found / "CMakeLists.txt").is_file():
         raise ProvisionError(f"{sdist.name} holds no vendor/llama.cpp tree")
