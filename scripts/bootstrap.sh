@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 VENV="${QACTL_VENV:-$HOME/.cache/qactl/venv}"
 PYTHON="${QACTL_PYTHON:-python3.11}"
-APT_PACKAGES=(openjdk-17-jdk-headless maven postgresql redis-server cmake g++
+APT_PACKAGES=(openjdk-17-jdk-headless maven postgresql redis-server cmake make g++
               python3.11 python3.11-venv ca-certificates procps)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
