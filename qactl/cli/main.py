@@ -9,7 +9,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from qactl.cli import ask, chaos, demo, gateway, llm, metrics, migrate, scale, stack, traffic, watch
+from qactl.cli import ask, chaos, container, demo, gateway, llm, metrics, migrate, scale, stack, traffic, watch
 from qactl.cli.common import CliContext, err_console
 from qactl.errors import QactlError
 
@@ -34,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for group in (stack, ask, demo, watch, metrics, traffic, chaos, migrate, gateway, llm, scale):
+for group in (stack, ask, demo, watch, metrics, traffic, chaos, migrate, gateway, llm, scale, container):
     app.add_typer(group.app)
 
 

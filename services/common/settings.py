@@ -341,6 +341,11 @@ class ServicesSettings(BaseModel):
     retry_quota_replicas: int = Field(default=1, ge=0, le=10)
     # Each pipeline process serves /metrics and /health on metrics_base_port + its slot.
     metrics_base_port: int = 9300
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the services without a port of their own serve /metrics and /health; "
+        "compose/ sets 0.0.0.0 so that Prometheus and the healthchecks reach them.",
+    )
 
 
 class QactlSettings(BaseSettings):

@@ -34,7 +34,7 @@ def main() -> int:
         description=description,
     )
     port = metrics_port(settings)
-    server = serve_metrics_and_health("127.0.0.1", port, consumer.health)
+    server = serve_metrics_and_health(settings.services.metrics_host, port, consumer.health)
     log.info(
         "llm-consumer-%d: %s, %d call(s) in flight at most, metrics and health on :%d",
         replica,

@@ -16,7 +16,7 @@ def main() -> int:
     stop = install_stop_handlers()
     persister = Persister(settings, stop)
     port = metrics_port(settings)
-    server = serve_metrics_and_health("127.0.0.1", port, persister.health)
+    server = serve_metrics_and_health(settings.services.metrics_host, port, persister.health)
     log.info("persister on %s, metrics and health on :%d", ", ".join(SUBSCRIBED), port)
     try:
         persister.run()

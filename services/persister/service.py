@@ -67,6 +67,17 @@ END_TO_END = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
 
+# What the monitoring profile's dashboard plots (compose/monitoring/): final scores and the
+# time spent in each stage, as written (a duplicate's are not counted twice).
+FINAL_SCORE = Histogram(
+    "qactl_persister_final_score", "Score of a stored answer's last attempt, by state", ["state"],
+    buckets=(-0.5, -0.25, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0),
+)
+STAGE_SECONDS = Histogram(
+    "qactl_persister_stage_seconds", "Time a stored question spent in each stage", ["stage"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+
 
 class Persister:
     def __init__(self, settings: QactlSettings, stop: threading.Event, writer: Writer | None = None,
@@ -198,6 +209,10 @@ class Persister:
         WRITTEN.labels(topic, result.kind).inc()
         if result.kind == "written":
             END_TO_END.labels(outcome.state.value).observe(max(0.0, (outcome.terminal_at - outcome.submitted_at).total_seconds()))
+            if outcome.answer is not None and outcome.answer.score is not None:
+                FINAL_SCORE.labels(outcome.state.value).observe(outcome.answer.score)
+            for timing in outcome.timings:
+                STAGE_SECONDS.labels(timing.stage).observe(max(0.0, timing.duration_ms / 1000))
         elif result.kind == "conflict":
             log.warning(
                 "%s: %s already ended %s; this %s outcome is ignored", source, outcome.question_id,

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     status = StatusTracker(settings)
     service = RetryService(settings, kind, stop, status=status)
     port = metrics_port(settings)
-    server = serve_metrics_and_health("127.0.0.1", port, service.health)
+    server = serve_metrics_and_health(settings.services.metrics_host, port, service.health)
     policies = settings.policies
     log.info(
         "%s on %s, delays via %s, metrics and health on :%d%s",
