@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from qactl.client.api import StorageApiClient
+from qactl.runtime.services import first_slots
 from services.common.settings import QactlSettings
 from services.common.waiting import poll_until
 from tests.compose.test_compose_files import MONITORING, metric_names, promql_expressions
@@ -44,12 +45,14 @@ def stack() -> Iterator[QactlSettings]:
 def scrape_targets(settings: QactlSettings) -> dict[str, list[str]]:
     """compose/monitoring/prometheus.yml's jobs, at the native stack's ports (no model server here)."""
     metrics = settings.services.metrics_base_port
+    slot = first_slots()  # the runtime's own metrics slots, a block per service
+    consumers = range(settings.services.llm_consumer_replicas)
     return {
         "storage-api": [f"127.0.0.1:{settings.api.port}"],
         "llm-gateway": [f"127.0.0.1:{settings.gateway.port}"],
-        "persister": [f"127.0.0.1:{metrics}"],
-        "retry": [f"127.0.0.1:{metrics + 1}", f"127.0.0.1:{metrics + 2}"],
-        "llm-consumer": [f"127.0.0.1:{metrics + 3}", f"127.0.0.1:{metrics + 4}"],
+        "persister": [f"127.0.0.1:{metrics + slot['persister']}"],
+        "retry": [f"127.0.0.1:{metrics + slot[name]}" for name in ("retry-overload", "retry-quota")],
+        "llm-consumer": [f"127.0.0.1:{metrics + slot['llm-consumer'] + n}" for n in consumers],
     }
 
 
