@@ -318,6 +318,16 @@ class KafkaLink:
         return report
 
 
+# A commit refused because the group was re-forming: the partition may well still be this
+# consumer's (cooperative rebalancing keeps it), and then nobody else commits it; so the
+# position is sent again, unless the partition is revoked or lost first (``forget``).
+_GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
+
+
+def _commit_again(error: KafkaError) -> bool:
+    return error.code() in _WAIT_AND_RETRY or error.code() in _GROUP_MOVED or error.retriable()
+
+
 class Committer:
     """Commits a consumer's positions without ever blocking its poll loop, and keeps what Kafka
     did not take for the next try.
@@ -326,9 +336,10 @@ class Committer:
     blocks the poll loop that the re-forming needs (librdkafka serves the assignment in
     ``poll``): the loop stalled a minute at a time, for ever. Here a commit is asynchronous, its
     result comes back through ``on_commit`` (served by ``poll``), and a position Kafka could not
-    take for a passing reason is sent again with the next ``commit``. One Kafka refused for good
-    (the group moved on: a rebalance, an expired session) is dropped: what it covered is consumed
-    again by the partition's owner and written once downstream.
+    take for a passing reason, or refused while the group re-formed (the partition is often kept),
+    is sent again with the next ``commit`` until the partition is revoked or lost (``forget``).
+    One Kafka refused for any other reason is dropped: what it covered is consumed again by the
+    partition's owner and written once downstream.
     """
 
     def __init__(self, link: KafkaLink | None = None, client: str = "consumer") -> None:
@@ -382,7 +393,7 @@ class Committer:
         return not self.pending
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        passing = err is not None and (err.code() in _WAIT_AND_RETRY or err.retriable())
+        passing = err is not None and _commit_again(err)
         with self._lock:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
@@ -391,7 +402,7 @@ class Committer:
                     if self._wanted.get(key, -1) <= tp.offset:
                         self._wanted.pop(key, None)
                     self.last_commit_at = time.time()
-                elif not (passing or error.code() in _WAIT_AND_RETRY or error.retriable()):
+                elif not (passing or _commit_again(error)):
                     log.warning("offset commit of %s[%s]@%s refused (consumed again): %s", *key, tp.offset, error.str())
                     if self._wanted.get(key, -1) <= tp.offset:
                         self._wanted.pop(key, None)

@@ -52,3 +52,30 @@ def test_a_stale_report_no_longer_counts() -> None:
     link._clients["producer"] = (True, "ok", link._clients["producer"][2] - 60)  # not polled for a minute
     link.on_stats("consumer", stats("DOWN"))
     assert not link.ok and "consumer: no broker up" in link.detail
+
+
+def test_a_commit_refused_while_the_group_reformed_is_sent_again_until_the_partition_is_revoked() -> None:
+    """Seen in CI: a replica's restart re-formed the group, the survivor kept questions-pending[0]
+    (cooperative rebalancing) but its commit @13 was refused with ILLEGAL_GENERATION and dropped,
+    so the group stayed 4 behind for as long as no new question came to that partition."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from services.common.kafka import Committer
+
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "committer-test"})
+    try:
+        committer = Committer()
+        committer.commit(consumer, [TopicPartition("questions-pending", 0, 13)])  # sent, or kept if it cannot be
+        refused = TopicPartition("questions-pending", 0, 13)
+        committer._on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), [refused])
+        assert committer.pending == {("questions-pending", 0): 13}  # sent again with the next commit
+
+        committer._on_commit(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), [refused])
+        assert committer.pending == {}  # refused for good: dropped (consumed again by the owner)
+
+        committer.commit(consumer, [TopicPartition("questions-pending", 1, 7)])
+        committer._on_commit(KafkaError(KafkaError.UNKNOWN_MEMBER_ID), [TopicPartition("questions-pending", 1, 7)])
+        committer.forget([TopicPartition("questions-pending", 1)])  # then revoked: its new owner commits
+        assert committer.pending == {}
+    finally:
+        consumer.close()
