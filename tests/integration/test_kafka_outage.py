@@ -134,7 +134,9 @@ def test_services_wait_out_a_long_kafka_outage_and_every_question_ends_once(stac
             kafka = supervisor.state("kafka")
             if how == "sigterm":
                 supervisor.stop("kafka")
-            else:
+            else:  # the broker's machine gone: its keeper too, or it would be back in a second
+                if kafka.keeper_pid is not None:
+                    os.kill(kafka.keeper_pid, signal.SIGKILL)
                 os.killpg(kafka.pid, signal.SIGKILL)
             stopped_at = time.monotonic()
             waiting_seen: set[str] = set()
