@@ -38,11 +38,13 @@ pytestmark = pytest.mark.stack
 
 OUTAGE_SECONDS = 40.0  # longer than the 30 s after which flush/commit used to end the services
 SERVICES = ("llm-consumer", "retry-overload", "retry-quota", "persister")
-NAMES = ["kafka", "postgres", "redis", "llm-gateway", "storage-api", "persister", "retry-overload", "retry-quota", "llm-consumer"]
+# On the session's infrastructure (``infra_stack``), which this module must not stop: only its
+# own services go down at its end.
+NAMES = ["llm-gateway", "storage-api", "persister", "retry-overload", "retry-quota", "llm-consumer"]
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[QactlSettings]:
+def stack(infra_stack: QactlSettings) -> Iterator[QactlSettings]:
     settings = test_settings(
         llm={"backend": "simulated", "timeout_seconds": 10.0},
         gateway={"latency_ms_min": 300.0, "latency_ms_max": 900.0},
