@@ -234,7 +234,7 @@ def _score_one_at_a_time_in_the_flink_gate(settings: QactlSettings, count: int) 
     gate = QualityGate(config, scorer=FixedScorer())
     try:
         for answer in _validated(settings, count):
-            llm_answer = LLMAnswer(**answer.model_dump(exclude={"score", "threshold", "scored_at", "scores"}))
+            llm_answer = LLMAnswer(**answer.model_dump(exclude={"score", "threshold", "scored_at", "scores", "regeneration_error"}))
             ((topic, _, _),) = gate.process_batch([encode(llm_answer).decode()])
             assert topic == topics.VALIDATED.name
         return dict(gate.status.breaker.counts)
