@@ -145,6 +145,11 @@ def run_experiment(
         result.violations.append(f"the experiment could not be carried out: {exc}")
         result.state = "error"
     traffic.thread.join(timeout=options.settle_seconds + 60)
+    if traffic.thread.is_alive():  # its questions still followed: none can be counted or checked
+        result.violations.append(
+            f"the traffic generator was still following its questions {options.settle_seconds + 60:.0f} s after the "
+            "fault: the stack did not keep up (a lower --rate, or a longer --settle-seconds)"
+        )
     _settle_and_check(settings, stack, options, traffic, result, say)
     if result.state != "error":
         result.state = "violated" if result.violations else "passed"
