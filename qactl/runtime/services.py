@@ -23,7 +23,6 @@ from services.common.settings import QactlSettings
 from services.common.slots import REPLICA_ENV, SLOT_ENV
 from services.common.backend_choice import gateway_needed
 
-_one: Callable[[QactlSettings], int] = lambda s: 1  # noqa: E731
 _always: Callable[[QactlSettings], bool] = lambda s: True  # noqa: E731
 
 
@@ -43,7 +42,6 @@ class ServiceRow:
     name: str
     module: str
     args: tuple[str, ...] = ()
-    replicas: Callable[[QactlSettings], int] = _one
     port: Callable[[QactlSettings], tuple[int, str]] | None = None
     enabled: Callable[[QactlSettings], bool] = _always
     depends_on: tuple[str, ...] = ("kafka",)
@@ -51,12 +49,12 @@ class ServiceRow:
     scale_field: str | None = None
     numbered: bool = True
 
+    def replica_count(self, settings: QactlSettings) -> int:
+        """How many replicas ``settings`` give it: its ``scale_field``, else one."""
+        return 1 if self.scale_field is None else getattr(settings.services, self.scale_field)
+
 
 MAX_REPLICAS = 10
-
-
-def _replicas_of(field: str) -> Callable[[QactlSettings], int]:
-    return lambda s: getattr(s.services, field)
 
 
 SERVICES: tuple[ServiceRow, ...] = (
@@ -76,7 +74,6 @@ SERVICES: tuple[ServiceRow, ...] = (
     ServiceRow(
         "persister",
         "services.persister",
-        replicas=_replicas_of("persister_replicas"),
         depends_on=("kafka", "postgres", "redis"),
         scale_field="persister_replicas",
         numbered=False,
@@ -85,7 +82,6 @@ SERVICES: tuple[ServiceRow, ...] = (
         "retry-overload",
         "services.retry",
         args=("overload",),
-        replicas=_replicas_of("retry_overload_replicas"),
         scale_field="retry_overload_replicas",
         numbered=False,
     ),
@@ -93,14 +89,12 @@ SERVICES: tuple[ServiceRow, ...] = (
         "retry-quota",
         "services.retry",
         args=("quota",),
-        replicas=_replicas_of("retry_quota_replicas"),
         scale_field="retry_quota_replicas",
         numbered=False,
     ),
     ServiceRow(
         "llm-consumer",
         "services.llm_consumer",
-        replicas=_replicas_of("llm_consumer_replicas"),
         depends_on=("kafka", "llm-gateway"),
         scale_field="llm_consumer_replicas",
     ),
@@ -137,14 +131,14 @@ def _detail(data: Mapping[str, Any], status: int) -> str:
 
 
 def replica_name(row: ServiceRow, replica: int) -> str:
-    plain = replica == 1 and (row.replicas is _one or not row.numbered)
+    plain = replica == 1 and (row.scale_field is None or not row.numbered)
     return row.name if plain else f"{row.name}-{replica}"
 
 
 def _process_specs(
     row: ServiceRow, first_slot: int, settings: QactlSettings, count: int | None = None
 ) -> list[ProcessSpec]:
-    count = max(0, row.replicas(settings)) if count is None else count
+    count = max(0, row.replica_count(settings)) if count is None else count
     specs = []
     for replica in range(1, count + 1):
         slot = first_slot + replica - 1

@@ -45,8 +45,10 @@ def test_fixed_slots_do_not_move_with_the_number_of_replicas(tmp_path) -> None:
 
 
 def test_a_new_service_is_one_row(tmp_path) -> None:
-    rows = (*SERVICES, ServiceRow("echo", "services.echo", replicas=lambda s: 2))
-    found = {c.name: c for c in components(load_settings(state_dir=tmp_path), rows)}
+    # Its replicas come from the setting named by scale_field (here one that says 2).
+    rows = (*SERVICES, ServiceRow("echo", "services.echo", scale_field="llm_consumer_replicas"))
+    settings = load_settings(state_dir=tmp_path, services={"llm_consumer_replicas": 2})
+    found = {c.name: c for c in components(settings, rows)}
     assert [p.name for p in found["echo"].processes()] == ["echo-1", "echo-2"]
 
 
