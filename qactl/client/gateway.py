@@ -6,6 +6,7 @@ are ``QactlError``s: the gateway not answering, the admin token refused, a rule 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,23 @@ class GatewayClient:
 
 
 class GatewayFaultInjector:
-    """The dashboard's ``FaultInjector``: presets by name, one line back for a notification."""
+    """The dashboard's ``FaultInjector``: presets by name, one line back for a notification.
 
-    def __init__(self, client: GatewayClient) -> None:
-        self.client = client
+    Given a ``connect`` callable instead of a client, it connects at the first key press: the
+    dashboard opens before ``qactl up`` has generated the admin token, and a key pressed then
+    fails with that error as its notification.
+    """
+
+    def __init__(self, client: GatewayClient | Callable[[], GatewayClient]) -> None:
+        self._client = client if isinstance(client, GatewayClient) else None
+        self._connect = None if isinstance(client, GatewayClient) else client
+
+    @property
+    def client(self) -> GatewayClient:
+        if self._client is None:
+            assert self._connect is not None
+            self._client = self._connect()
+        return self._client
 
     def inject(self, fault: str) -> str:
         preset = PRESETS.get(fault)

@@ -176,8 +176,11 @@ def stack_actions(settings: QactlSettings) -> Actions:
     """Demo cases through the demo runner, faults through the gateway's admin client."""
     from qactl.client.gateway import GatewayClient, GatewayFaultInjector
     from qactl.demo.runner import StackDemoFirer
+    from qactl.runtime.credentials import with_stored
 
-    return Actions(demo=StackDemoFirer(settings), faults=GatewayFaultInjector(GatewayClient.from_settings(settings)))
+    # The token is read at the first fault key, so a dashboard opened before `qactl up` works.
+    faults = GatewayFaultInjector(lambda: GatewayClient.from_settings(with_stored(settings)))
+    return Actions(demo=StackDemoFirer(settings), faults=faults)
 
 
 def make_app(

@@ -9,6 +9,7 @@ import pytest
 from textual.widgets import Static
 
 from qactl.dashboard.actions import Actions
+from qactl.errors import StackNotRunning
 from qactl.tui.app import QactlWatchApp, make_app
 from qactl.tui.screens.dashboard import DashboardScreen
 from qactl.tui.screens.help import HelpScreen
@@ -317,5 +318,8 @@ async def test_make_app_wires_the_real_source_and_actions():
         assert isinstance(app.actions.demo, StackDemoFirer)
         assert isinstance(app.actions.faults, GatewayFaultInjector)
         assert (app.threshold, app.refresh_seconds) == (0.8, 2.0)
+        # No stack was ever up here: the dashboard opens, and a fault key says why it cannot act.
+        with pytest.raises(StackNotRunning, match="no gateway admin token"):
+            app.actions.faults.inject("503")
     finally:
         app.source.close()
