@@ -63,13 +63,22 @@ def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(pipeli
     ids = sorted(q.question_id for q in questions)
     specs = specs_of(settings, "llm-consumer")
     victim, survivor = specs
-    # Every call takes 1.5 s, so calls are surely in flight when the victim is killed.
-    with Gateway(settings, latency_ms=1500) as gateway, watching(settings, topics.LLM_SUCCESS.name) as watch:
+    tracker = StatusTracker(settings)
+
+    def victim_calls_unanswered() -> list[str]:
+        """Questions whose call the victim started (its hop is in Redis) with no answer seen yet."""
+        answered = {s.message.question_id for s in watch.seen}
+        return [qid for qid in ids if qid not in answered and calls_started(tracker.hops(qid), victim.name)]
+
+    # Every call takes 3 s, so calls are surely in flight when the victim is killed.
+    with Gateway(settings, latency_ms=3000) as gateway, watching(settings, topics.LLM_SUCCESS.name) as watch:
         with supervised(settings, specs) as supervisor:
             wait_until(lambda: health_of(victim)["assigned"] and health_of(survivor)["assigned"], 30, "both assigned")
             produce_models(settings, topics.QUESTIONS_PENDING.name, questions)
             wait_until(lambda: health_of(victim)["in_flight"] == 4, 30, "four calls in flight in the victim")
-            time.sleep(0.3)  # their generating hops reach Redis (written behind the calls, which take 1.5 s)
+            # Their generating hops are written to Redis behind the calls: wait to see them (a fixed
+            # 0.3 s was too short on a loaded CI machine), still unanswered.
+            wait_until(victim_calls_unanswered, 20, "a call of the victim started and not answered")
             in_flight_when_killed = health_of(victim)["in_flight"]
             killed_at = utcnow()
             os.kill(supervisor.state(victim.name).pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -93,7 +102,6 @@ def test_kill_9_of_an_llm_consumer_with_calls_in_flight_loses_no_question(pipeli
 
     # Calls were in flight in the victim when it died (started, never answered), and were redone.
     assert in_flight_when_killed > 0
-    tracker = StatusTracker(settings)
     try:
         started = {qid: [at for at in calls_started(tracker.hops(qid), victim.name) if at < killed_at] for qid in ids}
     finally:
