@@ -3,5 +3,5 @@
 # tests start and stop themselves. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh system venv llm checks
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -30,9 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qactl.errors import ConfigError, PrerequisiteError, ProvisionError
-from qactl.runtime.component import Report
+
+if TYPE_CHECKING:
+    from qactl.runtime.component import Report
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 # -DGGML_NATIVE=OFF alone still lets ggml pick variants by what the CPU advertises; every
@@ -269,3 +272,31 @@ def check_gguf(path: Path) -> None:
         magic = fh.read(4)
     if magic != b"GGUF":
         raise ConfigError(f"model file {path} is not a GGUF model (it starts with {magic!r}, not b'GGUF')")
+
+
+def main() -> None:
+    """``python -m qactl.runtime.llama_build``: both files into the cache, as ``qactl llm build``.
+
+    What ``scripts/bootstrap.sh llm`` runs. It reads nothing of qactl but this module, the errors
+    and the settings, so that compose/Dockerfile builds llama-server before it copies the rest of
+    the code, and a change elsewhere does not compile llama.cpp again.
+    """
+    from services.common.settings import load_settings
+
+    settings = load_settings()
+    started = time.monotonic()
+
+    def report(line: str) -> None:
+        print(f"    {line}", flush=True)
+
+    try:
+        binary = settings.llm_server.binary or ensure_binary(settings.cache_dir, report)
+        model = settings.llm_server.model_path or ensure_model(settings.cache_dir, report=report)
+        check_gguf(model)
+    except (ConfigError, PrerequisiteError, ProvisionError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"llm server ready in {time.monotonic() - started:.0f} s: {binary}, model {model}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
