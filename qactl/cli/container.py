@@ -38,6 +38,23 @@ def health(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The pro
 
 
 @app.command()
+def credentials(
+    ctx: typer.Context,
+    show: Annotated[bool, typer.Option("--show", help="Print them (JSON) on standard output, for qactl on the host.")] = False,
+) -> None:
+    """Generate the stack's credentials (0600, in the state dir's secrets/) unless they exist:
+    compose's first one-shot, into the volume every container mounts."""
+    from qactl.runtime import credentials as stored
+
+    s = settings(ctx)
+    stored.ensure(s)
+    if show:
+        print(stored.path(s).read_text(), end="")
+    else:
+        _say(f"credentials in {stored.path(s)}")
+
+
+@app.command()
 def setup(ctx: typer.Context) -> None:
     """Create the topics on the cluster and the database with its migrations (idempotent)."""
     from qactl.runtime import container

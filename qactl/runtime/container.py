@@ -12,7 +12,10 @@ What only a container needs:
   ``kafka-N`` gets its node id from its name, the voters from ``QACTL_CONTAINER_KAFKA_VOTERS``
   and one cluster id for all from ``QACTL_CONTAINER_KAFKA_CLUSTER_ID``; topics and internal
   topics are replicated 3 times with ``min.insync.replicas`` 2.
-- PostgreSQL accepts the compose network (``samenet``) as the native stack accepts loopback.
+- PostgreSQL accepts the compose network (``samenet``), with passwords as on loopback natively.
+- The credentials are the stack's own (``credentials.py``), generated once by the one-shot
+  ``qactl container credentials`` into a volume that every container mounts at
+  ``<state dir>/secrets``.
 - A container's own infrastructure component is never "external", whatever the shared
   environment says about where the others find it.
 """
@@ -37,7 +40,7 @@ KAFKA_CLUSTER_ID_ENV = "QACTL_CONTAINER_KAFKA_CLUSTER_ID"
 # port); the broker then also listens on 0.0.0.0:PORT and advertises HOST:PORT there.
 KAFKA_EXTERNAL_ENV = "QACTL_CONTAINER_KAFKA_EXTERNAL"
 KAFKA_NAME = re.compile(r"^kafka-(\d+)$")
-PG_HBA_LINE = "host all all samenet trust  # qactl container: the compose network\n"
+PG_HBA_LINE = "host all all samenet scram-sha-256  # qactl container: the compose network\n"
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def _provision_kafka_node(node_id: int, settings: QactlSettings, report: Report)
     kafka.cds_dir(settings).mkdir(parents=True, exist_ok=True)  # the JVM's class-data archive (jvm.py)
 
 
-# --- PostgreSQL: the compose network is its loopback ------------------------------------------
+# --- PostgreSQL: the compose network as its loopback, with passwords ---------------------------
 
 
 def _provision_postgres(settings: QactlSettings, report: Report) -> None:

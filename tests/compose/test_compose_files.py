@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
 MONITORING = COMPOSE / "monitoring"
-ONE_SHOT = {"setup", "score-job"}
+ONE_SHOT = {"credentials", "setup", "score-job"}
 OFFICIAL = {"prometheus", "grafana", "kafka-ui"}
 
 
@@ -63,6 +63,35 @@ def test_the_topology_is_every_component_in_a_container_of_its_own() -> None:
     for name in OFFICIAL:
         assert compose()["services"][name]["profiles"] == ["monitoring"]
         assert "healthcheck" in compose()["services"][name]
+
+
+def test_every_container_takes_the_credentials_generated_once_into_the_shared_volume(tmp_path: Path) -> None:
+    """No trust on the compose network: one one-shot generates the stack's credentials, every
+    other container starts after it with the same volume at its state dir's secrets/."""
+    from typer.testing import CliRunner
+
+    from qactl.cli.main import app
+    from qactl.runtime import credentials
+
+    state = tmp_path / "state"
+    secrets_mount = str(credentials.secrets_dir(QactlSettings.model_validate({"state_dir": "/var/lib/qactl"})))
+    for name, spec in qactl_services().items():
+        assert f"secrets:{secrets_mount}" in spec["volumes"], name
+        if name != "credentials":
+            assert spec["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}, name
+    assert qactl_services()["credentials"]["command"] == ["credentials"]
+    assert "trust" not in container.PG_HBA_LINE.split("#")[0] and "scram-sha-256" in container.PG_HBA_LINE
+
+    runner = CliRunner()
+    env = {"QACTL_STATE_DIR": str(state)}
+    first = runner.invoke(app, ["container", "credentials"], env=env)
+    assert first.exit_code == 0, first.output
+    stored = credentials.path(QactlSettings.model_validate({"state_dir": state}))
+    assert stored.stat().st_mode & 0o777 == 0o600
+    shown = runner.invoke(app, ["container", "credentials", "--show"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == json.loads(stored.read_text())  # generated once, then kept
+    assert set(json.loads(shown.output)) == set(credentials.Credentials.model_fields)
 
 
 def test_every_qactl_variable_of_the_compose_file_is_a_real_setting() -> None:
@@ -117,7 +146,7 @@ def test_the_image_installs_with_the_native_install_steps() -> None:
     assert re.search(r"^ARG BASE_IMAGE=debian:bookworm$", dockerfile, re.MULTILINE)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
     steps = [s.strip() for s in re.findall(r"bash scripts/bootstrap.sh ([a-z ]+)", dockerfile)]
-    assert steps == ["system", "venv", "llm runtime"]
+    assert steps == ["system", "venv", "llm", "runtime"]
     done = subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap.sh"), "nonsense"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown step" in done.stderr
 

@@ -18,8 +18,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
+
 import httpx
+import psycopg2
 import pytest
+import redis as redis_lib
 from confluent_kafka.admin import ConfigResource, ResourceType
 
 from qactl.client import kafka_admin
@@ -70,17 +74,28 @@ def dc(*args: str, timeout: float = 600, check: bool = True):
     return run("docker-compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args, timeout=timeout, check=check, env=compose_env())
 
 
-def host_settings() -> QactlSettings:
-    """How qactl on this machine sees the compose cluster: every endpoint external (README)."""
+def host_settings(credentials: dict[str, str]) -> QactlSettings:
+    """How qactl on this machine sees the compose cluster: every endpoint external (README), with
+    the credentials the cluster generated (`qactl container credentials --show`)."""
+    pg, redis = quote(credentials["postgres_password"], safe=""), quote(credentials["redis_password"], safe="")
     return QactlSettings.model_validate({
         "state_dir": f"/tmp/qactl-test-{BASE}-compose-client",
         "kafka": {"bootstrap_servers": ",".join(f"127.0.0.1:{PORTS[f'QACTL_COMPOSE_KAFKA{n}_PORT']}" for n in (1, 2, 3))},
         "flink": {"rest_url": f"http://127.0.0.1:{PORTS['QACTL_COMPOSE_FLINK_PORT']}"},
-        "postgres": {"dsn": f"postgresql://qactl@127.0.0.1:{PORTS['QACTL_COMPOSE_POSTGRES_PORT']}/qactl"},
-        "redis": {"url": f"redis://127.0.0.1:{PORTS['QACTL_COMPOSE_REDIS_PORT']}/0"},
+        "postgres": {"dsn": f"postgresql://qactl:{pg}@127.0.0.1:{PORTS['QACTL_COMPOSE_POSTGRES_PORT']}/qactl"},
+        "redis": {"url": f"redis://:{redis}@127.0.0.1:{PORTS['QACTL_COMPOSE_REDIS_PORT']}/0"},
         "api": {"port": PORTS["QACTL_COMPOSE_API_PORT"]},
         "llm": {"backend": "simulated"},
     })  # fmt: skip
+
+
+def refused_without_password() -> None:
+    """PostgreSQL and Redis of the cluster refuse a client without the credentials."""
+    no_password = f"postgresql://qactl@127.0.0.1:{PORTS['QACTL_COMPOSE_POSTGRES_PORT']}/qactl"
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(no_password, connect_timeout=10).close()
+    with pytest.raises(redis_lib.AuthenticationError):
+        redis_lib.Redis(port=PORTS["QACTL_COMPOSE_REDIS_PORT"], socket_timeout=10).ping()
 
 
 def container_id(service: str) -> str:
@@ -142,7 +157,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]
             assert not waiting, f"not ready after 30 min: {waiting}"
             timings["up until every container healthy"] = time.monotonic() - started
             print("\ncompose timings (s):", {k: round(v) for k, v in timings.items()})
-            yield host_settings()
+            shown = dc("exec", "-T", "storage-api", "qactl", "container", "credentials", "--show").stdout
+            yield host_settings(json.loads(shown))
         finally:
             dc("down", "-v", "--remove-orphans", "-t", "30", timeout=600, check=False)
             if copied:
@@ -155,6 +171,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]
 
 def test_every_container_is_healthy_and_qactl_sees_the_cluster_as_external(cluster: QactlSettings) -> None:
     assert not all_ready()
+    refused_without_password()
     # qactl on the host, every endpoint external: the compose cluster passes its checks.
     stack = Stack(cluster, only=["kafka", "flink", "postgres", "redis", "score-job"])
     statuses = {s.name: s for s in stack.status()}
