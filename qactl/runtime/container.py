@@ -89,9 +89,11 @@ def names(settings: QactlSettings) -> list[str]:
 
 def run(name: str, settings: QactlSettings, report: Report) -> None:
     """Provision ``name`` and replace this process with it (never returns)."""
-    target = runnable(name, settings)
-    target.provision(report)
-    spec = target.spec
+    runnable(name, settings).provision(report)
+    # Declared again: provisioning decides part of it (a TaskManager's resource id, new at each
+    # start and read from its file: declared before, both TaskManagers had the default one and
+    # took each other's registration at the JobManager).
+    spec = runnable(name, settings).spec
     env = child_environment(spec.env)
     if spec.settings is not None:
         path = settings.run_dir / f"{spec.name}.settings.json"

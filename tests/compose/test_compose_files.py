@@ -238,3 +238,24 @@ def test_kafka_statistics_become_throughput_by_topic_and_lag() -> None:
     record_statistics(stats(0, "none"), "test-group")  # partition 1 revoked meanwhile
     lags = {s.labels["partition"]: s.value for s in CONSUMER_LAG.collect()[0].samples if s.labels["group"] == "test-group"}
     assert lags == {"0": 0}
+
+
+def test_each_taskmanager_container_registers_with_an_id_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Both TaskManager containers run `qactl container run flink-taskmanager` from one image: the
+    resource id they start with is the one their provisioning just wrote (and their health probe
+    looks for), never the default both would share (they then took each other's registration)."""
+    from qactl.runtime import flink
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(flink, "provision", lambda settings, report: flink._new_taskmanager_ids(settings))
+    monkeypatch.setattr(container.os, "chdir", lambda path: None)
+    monkeypatch.setattr(container.os, "execvpe", lambda file, argv, env: started.append(argv))
+    ids = []
+    for number in (1, 2):
+        settings = QactlSettings.model_validate({"state_dir": tmp_path / f"container-{number}"})
+        flink.base(settings).mkdir(parents=True)
+        container.run(flink.TASKMANAGER, settings, lambda line: None)
+        (resource,) = [arg.split("=", 1)[1] for arg in started[-1] if arg.startswith("taskmanager.resource-id=")]
+        assert resource == flink.taskmanager_id(settings)  # what its health probe asks the JobManager for
+        ids.append(resource)
+    assert ids[0] != ids[1]
