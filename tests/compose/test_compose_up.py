@@ -39,6 +39,7 @@ from tests.services.pipeline import terminal_rows, wait_terminal
 
 pytestmark = [
     pytest.mark.compose,
+    pytest.mark.timeout(3 * 3600),  # the first build alone takes 12-35 min (README); pytest-timeout's default is 15
     pytest.mark.skipif(os.environ.get("QACTL_TEST_COMPOSE") != "1", reason="QACTL_TEST_COMPOSE=1 runs compose/ in Docker"),
     pytest.mark.skipif(os.geteuid() != 0, reason="Docker needs root"),
 ]
@@ -132,6 +133,19 @@ def all_ready() -> dict[str, str]:
     return waiting
 
 
+def print_memory() -> None:
+    """Each container's memory as Docker counts it (its cgroup), and the total: a figure of the README."""
+    stats = run(DOCKER, "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}").stdout.split("\n")
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    usage = {}
+    for line in filter(None, stats):
+        name, used = line.split()[0], line.split()[1]
+        number = used.rstrip("BKMGi")
+        usage[name.removeprefix(f"{PROJECT}_").removesuffix("_1")] = float(number) * units[used[len(number):]]
+    print("compose memory (MiB):", {n: round(b / (1 << 20)) for n, b in sorted(usage.items())},
+          f"total {sum(usage.values()) / (1 << 20):.0f}")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]:
     workdir = tmp_path_factory.mktemp("compose")
@@ -157,6 +171,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QactlSettings]
             assert not waiting, f"not ready after 30 min: {waiting}"
             timings["up until every container healthy"] = time.monotonic() - started
             print("\ncompose timings (s):", {k: round(v) for k, v in timings.items()})
+            print_memory()
             shown = dc("exec", "-T", "storage-api", "qactl", "container", "credentials", "--show").stdout
             yield host_settings(json.loads(shown))
         finally:
@@ -242,3 +257,30 @@ def test_a_broker_container_killed_under_traffic_loses_and_duplicates_nothing(cl
 
     assert poll_until(out_of_sync, timeout=600, interval=2, done=lambda n: n == 0) == 0
     print(f"kafka-2 back: ISR whole again after {time.monotonic() - back:.0f} s")
+
+
+HOST_SERVICES = ["llm-gateway", "storage-api", "persister", "retry-overload", "retry-quota", "llm-consumer"]
+
+
+def test_qactl_on_the_host_runs_the_pipeline_against_the_cluster_as_external_services(cluster: QactlSettings) -> None:
+    """The services started natively by qactl on this machine (the same `Stack` as `qactl up`),
+    with Kafka, Flink, PostgreSQL and Redis the compose cluster's, given as external endpoints:
+    questions asked at the host's storage API end once each in the cluster's PostgreSQL."""
+    host = cluster.model_copy(update={
+        "api": cluster.api.model_copy(update={"port": BASE + 601}),
+        "gateway": cluster.gateway.model_copy(update={"port": BASE + 602}),
+        "services": cluster.services.model_copy(update={"metrics_base_port": BASE + 700}),
+    })  # fmt: skip
+    stack = Stack(host, only=HOST_SERVICES)
+    try:
+        stack.up()
+        statuses = {s.name: s for s in Stack(host).status()}
+        assert all(statuses[n].external for n in ("kafka", "flink", "postgres", "redis"))
+        assert all(statuses[n].health.ok for n in HOST_SERVICES), {n: statuses[n].health.detail for n in HOST_SERVICES}
+        with StorageApiClient(host.api.base_url) as api:
+            ids = [api.submit(f"What is Apache Flink? [host {uuid.uuid4().hex[:8]} {i}]", None).question_id for i in range(6)]
+            finals = {qid: wait_terminal(api, qid, timeout=600).state.value for qid in ids}
+        assert terminal_rows(host, ids) == {qid: [state] for qid, state in finals.items()}
+    finally:
+        stack.down()
+    assert not stack.supervisor.leftovers()
