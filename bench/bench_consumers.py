@@ -52,6 +52,7 @@ from qactl.runtime import kafka, redis  # noqa: E402
 from qactl.runtime.services import components  # noqa: E402
 from qactl.runtime.stack import Stack  # noqa: E402
 from qactl.runtime.supervisor import ProcessSpec, Supervisor  # noqa: E402
+from qactl.runtime import credentials  # noqa: E402
 from services.common import topics  # noqa: E402
 from services.common.schemas import LLMAnswer, QuestionMessage, encode, question_id_for  # noqa: E402
 from services.common.settings import QactlSettings, load_settings  # noqa: E402
@@ -60,14 +61,14 @@ from services.llm_consumer.consumer import GROUP  # noqa: E402
 
 def bench_settings(latency_ms: float, concurrency: int, replicas: int) -> QactlSettings:
     base = int(os.environ.get("QACTL_BENCH_PORT_BASE", "24500"))
-    return load_settings(
+    return credentials.with_stored(load_settings(
         state_dir=os.environ.get("QACTL_BENCH_STATE_DIR", f"/tmp/qactl-bench-consumers-{base}"),
         kafka={"port": base + 92, "controller_port": base + 93},
         redis={"port": base + 379},
         gateway={"port": base + 435, "latency_ms_min": latency_ms, "latency_ms_max": latency_ms},
         services={"metrics_base_port": base + 300, "llm_consumer_replicas": replicas},
         llm={"backend": "gateway", "concurrency": concurrency, "timeout_seconds": 30.0},
-    )
+    ), create=True)  # the state dir's credentials, as `qactl up` uses them
 
 
 def specs(settings: QactlSettings, name: str) -> list[ProcessSpec]:

@@ -62,6 +62,7 @@ from bench.bench_llm_server import PeakRss, counters  # noqa: E402
 from qactl.client import kafka_admin  # noqa: E402
 from qactl.client.api import AsyncStorageApiClient  # noqa: E402
 from qactl.client.gateway import GatewayClient  # noqa: E402
+from qactl.runtime import credentials  # noqa: E402
 from qactl.client.llm_server import probe  # noqa: E402
 from qactl.runtime import llm_server  # noqa: E402
 from qactl.runtime.stack import Stack  # noqa: E402
@@ -383,7 +384,8 @@ def main() -> None:
 
     state_dir = f"/tmp/qactl-bench-pipeline-{args.port_base}"
     values = stack_values(args.port_base, state_dir)
-    settings = QactlSettings.model_validate(values)  # validated, not loaded: no QACTL_* or ./qactl.toml
+    # Validated, not loaded (no QACTL_* or ./qactl.toml), with the state dir's credentials as `qactl up`.
+    settings = credentials.with_stored(QactlSettings.model_validate(values), create=True)
     env = environment(values)
     stack = Stack(settings)
     stack.down(purge=True)

@@ -72,7 +72,7 @@ def bench_settings(llm: str = "simulated") -> QactlSettings:
         gateway={**values["gateway"], **(SIMULATED_LATENCY if llm == "simulated" else {})},
         policies={"delay_scale": 0.05},
     )
-    return topology.apply(QactlSettings.model_validate(values))
+    return with_stored(topology.apply(QactlSettings.model_validate(values)), create=True)  # as `qactl up`
 
 
 def question(index: int, tag: str) -> tuple[str, str]:
@@ -106,7 +106,7 @@ def throughput(settings: QactlSettings, replicas: int, count: int) -> QactlSetti
     settings = topology.scale(settings, "llm-consumer", replicas)
     time.sleep(5)  # the group settles
     tag = f"k{replicas}-{time.time_ns()}"
-    gateway = GatewayClient.from_settings(with_stored(settings))
+    gateway = GatewayClient.from_settings(settings)
     calls_before = gateway.stats().total
     with StorageApiClient(settings.api.base_url, timeout=30) as api:
         started = time.monotonic()
