@@ -11,6 +11,9 @@ scores when ``batch_size`` records are waiting or ``max_wait_ms`` after the firs
 (a processing-time timer), so a lone message is still scored promptly. Buffered records are in
 Flink state, so a TaskManager crash loses nothing: the job restarts from the last checkpoint
 and re-reads from the committed offsets (at-least-once; the persister absorbs duplicates).
+Which timer a shard waits for is kept by the running worker, not in checkpointed state: a
+restored "timer registered" mark whose timer did not come back with it (seen after a
+TaskManager kill) held every later answer of that shard, across savepoints too.
 
 Outputs are written through Kafka table sinks so that each record keeps the question id as its
 Kafka key, as every other producer of the pipeline does.
@@ -73,7 +76,7 @@ class ScoreInBatches(KeyedProcessFunction):
 
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.STRING()))
         self.pending_count = runtime_context.get_state(ValueStateDescriptor("pending_count", Types.INT()))
-        self.timer_at = runtime_context.get_state(ValueStateDescriptor("timer_at", Types.LONG()))
+        self.timers: dict[int, int] = {}  # shard -> when its timer fires; this worker's own, never restored
         self.gate = QualityGate(JobConfig.model_validate_json(self.config_json))  # loads the model once per worker
         self._export_redis_breaker(runtime_context)
 
@@ -97,23 +100,31 @@ class ScoreInBatches(KeyedProcessFunction):
         self.pending_count.update(count)
         if count >= self.batch_size:
             yield from self._flush(ctx)
-        elif self.timer_at.value() is None:
-            due = ctx.timer_service().current_processing_time() + self.max_wait_ms
+            return
+        shard, now = ctx.get_current_key(), ctx.timer_service().current_processing_time()
+        due = self.timers.get(shard)
+        # None since this worker began (a restore brings back the buffer, maybe not its timer), or
+        # one well past its time that never fired: either way this answer gets a timer of its own.
+        if due is None or now > due + self.max_wait_ms:
+            due = now + self.max_wait_ms
             ctx.timer_service().register_processing_time_timer(due)
-            self.timer_at.update(due)
+            self.timers[shard] = due
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator:
-        self.timer_at.clear()
-        yield from self._flush(ctx)
+        shard = ctx.get_current_key()
+        if self.timers.get(shard) == timestamp:
+            del self.timers[shard]
+        yield from self._flush(ctx)  # a restored timer too: it flushes what was restored
 
     def _flush(self, ctx: KeyedProcessFunction.Context) -> Iterator:
         raws = list(self.pending.get() or [])
         self.pending.clear()
         self.pending_count.clear()
-        due = self.timer_at.value()
+        due = self.timers.pop(ctx.get_current_key(), None)
         if due is not None:
             ctx.timer_service().delete_processing_time_timer(due)
-            self.timer_at.clear()
+        if not raws:
+            return
         for topic, question_id, payload in self.gate.process_batch(raws):
             yield TAGS[topic], Row(question_id, payload)
 
