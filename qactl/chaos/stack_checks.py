@@ -6,10 +6,19 @@ from __future__ import annotations
 from qactl.client import kafka_admin
 from qactl.runtime.stack import Stack
 from qactl.runtime.supervisor import Leftover
+from services.llm_consumer.consumer import GROUP as LLM_CONSUMER_GROUP
+from services.persister.service import GROUP as PERSISTER_GROUP
+from services.retry.policy import KINDS
 
-# The pipeline's consumer groups (each service's group id, the score job's, the retry services'
-# error and delay groups); other groups on a shared cluster are not the stack's to judge.
-PIPELINE_GROUP_PREFIXES = ("llm-consumer", "persister", "flink-score-job", "retry-")
+
+def pipeline_groups() -> frozenset[str]:
+    """The pipeline's consumer groups, by their exact names: each service's group id, the retry
+    services' error and delay groups, the score job's. Other groups on the cluster are not the
+    stack's to judge, even one whose name starts like them (a test's, another application's)."""
+    from flink.job import CONSUMER_GROUP as SCORE_JOB_GROUP  # noqa: PLC0415 (pyflink: only when asked)
+
+    retry = [name for spec in KINDS.values() for name in (spec.service, spec.delay_group)]
+    return frozenset({LLM_CONSUMER_GROUP, PERSISTER_GROUP, SCORE_JOB_GROUP, *retry})
 
 
 def unhealthy(stack: Stack) -> list[str]:
@@ -27,8 +36,9 @@ def lagging_groups(bootstrap: str, timeout: float = 5.0) -> list[str]:
     """'group: N behind' for every pipeline consumer group with records not yet committed."""
     client = kafka_admin.admin(bootstrap, timeout)
     behind = []
+    ours = pipeline_groups()
     for group in kafka_admin.consumer_groups(bootstrap, timeout, client):
-        if not group.startswith(PIPELINE_GROUP_PREFIXES):
+        if group not in ours:
             continue
         lag = sum(kafka_admin.consumer_group_lag(bootstrap, group, timeout, client).values())
         if lag:
