@@ -306,8 +306,12 @@ class RetryService:
             **committer.consumer_config(),
         )
 
-        def forget(_: Consumer, partitions: list[TopicPartition]) -> None:
+        def forget(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # A partition that moves away takes its pause with it; its new owner re-reads the head.
+            # librdkafka keeps the pause itself until it is resumed, across the rebalance: a
+            # partition assigned back to this consumer (after a Kafka outage longer than the
+            # session, all of them) would come back paused with nothing here to resume it.
+            consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in partitions])
             committer.forget(partitions)
             for tp in partitions:
                 self.paused.pop((tp.topic, tp.partition), None)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from datetime import timedelta
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from services.common import topics
+from services.common.kafka import make_consumer
 from services.common.schemas import (
     DeadLetter,
     DelayedRetry,
@@ -25,7 +28,7 @@ from services.common.schemas import (
 )
 from services.common.settings import QactlSettings
 from services.common.status import StatusTracker
-from services.retry.policy import RetryKind
+from services.retry.policy import KINDS, RetryKind
 from services.retry.service import RetryService
 from tests.services.pipeline import (
     committed_offset,
@@ -173,8 +176,6 @@ def test_poison_on_every_topic_a_retry_service_reads_goes_to_the_dead_letter(
     stack_settings: QactlSettings, kind: RetryKind
 ) -> None:
     settings = stack_settings
-    from services.retry.policy import KINDS
-
     spec = KINDS[kind]
     read_topics = [spec.error_topic, *spec.delay_topics(settings.policies)]
     question = unique_question(f"after-poison-{kind.value}")
@@ -256,3 +257,54 @@ def test_a_retry_kafka_refuses_is_not_committed_and_comes_back(stack_settings: Q
         with retry_service(settings, RetryKind.overload):
             watch.wait_for(lambda seen: watch.of(question.question_id, PENDING), 30, "the retry sent again, then re-queued")
     assert len(watch.of(question.question_id, level_0)) == 1
+
+
+def test_a_waiting_retry_whose_partition_moves_away_and_back_is_still_requeued(stack_settings: QactlSettings) -> None:
+    """A delay partition paused for its head, revoked, then assigned back to the same service.
+
+    librdkafka keeps a partition paused across a rebalance until the application resumes it,
+    while the service forgot the pause with the partition: the partition came back paused with
+    nothing to resume it, and its retries stayed there for good. CI hit it as a Kafka outage
+    longer than the session timeout (the partitions are lost, then assigned back); here another
+    member of the delay group takes one paused level for a moment, and leaves.
+    """
+    settings = stack_settings
+    spec = KINDS[RetryKind.overload]
+    delay_topics = spec.delay_topics(settings.policies)
+    questions = [unique_question(f"moved-level-{level}") for level in range(len(delay_topics))]
+    services: list[RetryService] = []
+
+    def run(stop) -> None:
+        services.append(RetryService(settings, RetryKind.overload, stop, status=StatusTracker(settings), rng=random.Random(7)))
+        services[0].run()
+
+    with watching(settings, PENDING, *delay_topics) as watch, running(run, "retry-overload"):
+        # One retry waiting on every level, each due in 18 s (a Retry-After under the 20-s cap).
+        produce_models(settings, spec.error_topic, [
+            failed_call(q, ErrorKind.overload, RetryCounts(overload=level), retry_after_seconds=18.0)
+            for level, q in enumerate(questions)
+        ])
+        wait_until(lambda: services and {t for t, _ in services[0].paused} >= set(delay_topics), 30, "every level paused for its head")
+
+        moved: list[TopicPartition] = []
+        intruder = make_consumer(settings, spec.delay_group, delay_topics, client_id="retry-overload-delay-intruder")
+        intruder.subscribe(delay_topics, on_assign=lambda _, partitions: moved.extend(partitions))
+        try:
+            deadline = time.monotonic() + 15
+            while not moved and time.monotonic() < deadline:
+                intruder.poll(0.2)
+        finally:
+            intruder.close()  # leaves the group: what it took goes back to the service
+        assert moved, "no delay partition moved to the other member"
+        watch.settle(0.1)
+        moved_topics = {tp.topic for tp in moved}
+        assert not any(watch.of(q.question_id, PENDING) for q in questions), "a retry went out before the move: too late to test"
+        assert not moved_topics & {t for t, _ in services[0].paused}, "the moved partition is still paused in the service"
+
+        watch.wait_for(
+            lambda seen: all(watch.of(q.question_id, PENDING) for q in questions), 45, "every retry re-queued, the moved one too"
+        )
+    for level, question in enumerate(questions):
+        (waiting,) = watch.of(question.question_id, delay_topics[level])
+        (requeued,) = watch.of(question.question_id, PENDING)
+        assert requeued.timestamp_ms / 1000 >= waiting.message.due_at.timestamp() - 0.005  # not before it was due
